@@ -1,0 +1,50 @@
+"""Configuration defaults.
+
+Order of precedence (last wins): these classes, ``instance/config.py``, environment
+variables prefixed ``FLASK_`` (``FLASK_MODEL_DIR``, ``FLASK_SECRET_KEY``...), then the
+``test_config`` passed to ``create_app``.
+"""
+
+import os
+
+BASE_DIR = os.path.abspath(os.path.dirname(__file__))
+
+
+class Config:
+    # Secret key: None means "generate one and keep it in the instance folder".
+    SECRET_KEY = None
+    MODEL_DIR = os.path.join(BASE_DIR, "models")
+    MAX_LOADED_MODELS = 4
+    INFERENCE_THREADS = 0  # 0: all cores of this process's share
+    MAX_CONTENT_LENGTH = 20 * 1024 * 1024  # 20 MiB per request
+    MAX_IMAGE_PIXELS = 50_000_000
+    SQLALCHEMY_DATABASE_URI = None  # None: sqlite:///<instance>/contact.sqlite3
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+
+    # Contact forwarding by SMTP: off unless MAIL_SERVER is set.
+    MAIL_SERVER = None
+    MAIL_PORT = 587
+    MAIL_USE_TLS = True
+    MAIL_USERNAME = None
+    MAIL_PASSWORD = None
+    MAIL_SENDER = "noreply@localhost"
+    CONTACT_RECIPIENT = None
+
+    # Rate limits (Flask-Limiter).
+    RATELIMIT_ENABLED = True
+    RATELIMIT_STORAGE_URI = "memory://"
+    RATELIMIT_HEADERS_ENABLED = True
+    PREDICT_RATE_LIMIT = "60 per minute"
+    CONTACT_RATE_LIMIT = "10 per minute"
+
+    WTF_CSRF_TIME_LIMIT = None  # token valid for the session's life
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = False  # set FLASK_SESSION_COOKIE_SECURE=true behind HTTPS
+
+
+class TestingConfig(Config):
+    TESTING = True
+    WTF_CSRF_ENABLED = False
+    RATELIMIT_ENABLED = False
+    SECRET_KEY = "test-only-secret"

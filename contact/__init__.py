@@ -1,0 +1,1 @@
+"""Contact messages: form, store, SMTP forwarding and CLI."""

@@ -1,0 +1,41 @@
+"""``flask contact list [--json]`` and ``flask contact forward``."""
+
+import json
+
+import click
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from extensions import db
+
+from .mailer import forward_pending, smtp_configured
+from .models import ContactMessage
+
+contact_cli = AppGroup("contact", help="Read and forward contact messages.")
+
+
+@contact_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_messages(as_json: bool):
+    """Print the stored messages, oldest first."""
+    rows = db.session.scalars(select(ContactMessage).order_by(ContactMessage.id)).all()
+    if as_json:
+        click.echo(json.dumps([row.to_json() for row in rows], indent=2))
+        return
+    if not rows:
+        click.echo("No messages.")
+    for row in rows:
+        state = "forwarded" if row.forwarded_at else "stored"
+        click.echo(f"#{row.id} {row.created_at:%Y-%m-%d %H:%M} [{row.category}] {row.subject} "
+                   f"- {row.name} <{row.email}> ({state})")
+        click.echo(f"    {row.message}")
+
+
+@contact_cli.command("forward")
+def forward():
+    """Retry forwarding stored messages by SMTP."""
+    if not smtp_configured():
+        raise click.ClickException("SMTP is not configured (FLASK_MAIL_SERVER, "
+                                   "FLASK_CONTACT_RECIPIENT).")
+    sent, failed = forward_pending(limit=1000)
+    click.echo(f"forwarded {sent}, failed {failed}")

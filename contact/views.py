@@ -1,0 +1,36 @@
+"""``/contact``: show the form, store a valid message, then forward it."""
+
+from flask import Blueprint, current_app, flash, redirect, render_template, url_for
+
+from extensions import db, limiter
+
+from .forms import ContactForm
+from .mailer import forward_pending
+from .models import ContactMessage
+
+bp = Blueprint("contact", __name__)
+
+
+def contact_limit() -> str:
+    return current_app.config["CONTACT_RATE_LIMIT"]
+
+
+@bp.get("/contact")
+def contact_form():
+    return render_template("contact.html", form=ContactForm())
+
+
+@bp.post("/contact")
+@limiter.limit(contact_limit)
+def contact_submit():
+    form = ContactForm()
+    if not form.validate_on_submit():
+        return render_template("contact.html", form=form), 400
+    row = ContactMessage()
+    form.populate_obj(row)
+    row.phone = row.phone or None
+    db.session.add(row)
+    db.session.commit()
+    forward_pending()
+    flash("Thank you: your message was received.", "success")
+    return redirect(url_for("contact.contact_form"))

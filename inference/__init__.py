@@ -1,0 +1,1 @@
+"""Model discovery, loading, preprocessing and prediction (no Flask in here)."""

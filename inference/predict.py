@@ -1,0 +1,163 @@
+"""One call that turns a decoded image into verdicts: used by pages, API and CLI."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import ModelUnavailable
+from .loader import LoadedModel, ModelCache
+from .preprocess import DecodedImage, prepare
+from .registry import MODALITIES, ModelCard, ModelEntry, entries_for
+
+log = logging.getLogger(__name__)
+
+DISCLAIMER = (
+    "Research and teaching tool, not a medical device: do not use it to diagnose, "
+    "treat or triage anyone."
+)
+COVID, NON_COVID = "COVID", "Non-COVID"
+
+
+@dataclass
+class ModelResult:
+    architecture: str
+    label: str
+    covid_probability: float
+    confidence: float
+    inference_ms: float
+    threshold: float = 0.5
+    heatmap_png: str | None = None
+    explain_ms: float | None = None
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        return {k: v for k, v in data.items() if v is not None}
+
+
+@dataclass
+class Ensemble:
+    label: str
+    covid_probability: float
+    agreement: float  # share of models that agree with the combined label
+    agreeing: int
+    total: int
+
+
+@dataclass
+class Prediction:
+    modality: str
+    results: list[ModelResult]
+    ensemble: Ensemble | None
+    warnings: list[str] = field(default_factory=list)
+    disclaimer: str = DISCLAIMER
+
+    def to_json(self) -> dict:
+        data = {
+            "modality": self.modality,
+            "results": [r.to_json() for r in self.results],
+            "warnings": list(self.warnings),
+            "disclaimer": self.disclaimer,
+        }
+        if self.ensemble is not None:
+            data["ensemble"] = asdict(self.ensemble)
+        return data
+
+
+def covid_probability(output: np.ndarray, card: ModelCard) -> float:
+    """Read one model output row: a single sigmoid unit, or softmax over the classes."""
+    values = np.asarray(output, dtype=np.float64).ravel()
+    if values.size == 1:
+        return float(np.clip(values[0], 0.0, 1.0))
+    return float(np.clip(values[card.covid_index], 0.0, 1.0))
+
+
+def verdict(probability: float, threshold: float) -> tuple[str, float]:
+    """Label and the confidence in that label."""
+    if probability >= threshold:
+        return COVID, probability
+    return NON_COVID, 1.0 - probability
+
+
+def run_model(loaded: LoadedModel, decoded: DecodedImage) -> ModelResult:
+    """Preprocess for this model's card and run it on one image."""
+    card = loaded.card
+    started = time.perf_counter()
+    batch = prepare(decoded.pixels, card)[None, ...]
+    output = loaded.run_batch(batch)[0]
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    probability = covid_probability(output, card)
+    label, confidence = verdict(probability, card.threshold)
+    return ModelResult(
+        architecture=loaded.entry.architecture,
+        label=label,
+        covid_probability=round(probability, 6),
+        confidence=round(confidence, 6),
+        inference_ms=round(elapsed_ms, 2),
+        threshold=card.threshold,
+    )
+
+
+def combine(results: list[ModelResult]) -> Ensemble | None:
+    """Mean COVID probability over models, labelled at 0.5, and how many agree."""
+    if len(results) < 2:
+        return None
+    mean = float(np.mean([r.covid_probability for r in results]))
+    label = COVID if mean >= 0.5 else NON_COVID
+    agreeing = sum(1 for r in results if r.label == label)
+    return Ensemble(label, round(mean, 6), round(agreeing / len(results), 4), agreeing,
+                    len(results))
+
+
+def select_entries(entries: list[ModelEntry], modality: str, architecture: str
+                   ) -> list[ModelEntry]:
+    """The slots a request asks for; 503 when none of them is installed."""
+    if architecture == "all":
+        chosen = [e for e in entries_for(entries, modality) if e.available]
+        if not chosen:
+            missing = ", ".join(e.expected_relpath for e in entries_for(entries, modality))
+            raise ModelUnavailable(
+                f"No {MODALITIES[modality].label} model is installed: put one of "
+                f"{missing} under the model folder."
+            )
+        return chosen
+    return [next(e for e in entries if e.key == (modality, architecture))]
+
+
+def modality_warnings(decoded: DecodedImage, modality: str) -> list[str]:
+    """Warn (never reject) when a DICOM file says it is another modality."""
+    found = decoded.dicom_modality
+    if not found:
+        return []
+    expected = {"ct": {"CT"}, "xray": {"CR", "DX", "DR", "RG"}}[modality]
+    if found in expected:
+        return []
+    return [f"The DICOM file says its modality is {found}, but {MODALITIES[modality].label} "
+            f"was chosen: check the choice."]
+
+
+def predict(decoded: DecodedImage, modality: str, architecture: str,
+            entries: list[ModelEntry], cache: ModelCache) -> Prediction:
+    """Run the chosen model (or every installed one) on an image.
+
+    With ``all``, a model that fails to load becomes a warning and the others answer.
+    """
+    chosen = select_entries(entries, modality, architecture)
+    warnings = list(decoded.warnings) + modality_warnings(decoded, modality)
+    results = []
+    for entry in chosen:
+        try:
+            loaded = cache.get(entry)
+        except ModelUnavailable as exc:
+            if architecture != "all":
+                raise
+            warnings.append(f"{entry.display_name} skipped: {exc.message}")
+            continue
+        results.append(run_model(loaded, decoded))
+    if not results:
+        raise ModelUnavailable("None of the installed models could be loaded: "
+                               + " ".join(warnings))
+    return Prediction(modality, results, combine(results), warnings)

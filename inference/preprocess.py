@@ -1,0 +1,159 @@
+"""Turn uploaded bytes into the exact array a model was trained on.
+
+Two steps, each one function used by the web app, the API and the training tool alike:
+
+* ``decode_image(data)``: bytes (PNG, JPEG, BMP, TIFF, DICOM) -> 8-bit RGB array,
+  with EXIF orientation applied and 16-bit, palette, CMYK and alpha images handled.
+  Size limits are checked from the header before any pixel is decoded.
+* ``prepare(pixels, card)``: RGB array -> float32 model input, driven by the model card.
+  The default reproduces the published pipeline (OpenCV bilinear resize to 224 x 224,
+  then pixel / 255); ``imagenet`` uses the architecture's own ``preprocess_input``.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import UnsupportedImage, UnusableImage
+from .registry import ARCHITECTURES, ModelCard
+
+DEFAULT_MAX_PIXELS = 50_000_000
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+
+# Pillow's own bomb guard must never fire before ours: we check the header ourselves
+# against the configured limit and raise a clear 422.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass
+class DecodedImage:
+    """An upload reduced to 8-bit RGB, plus what was learnt on the way."""
+
+    pixels: np.ndarray  # (H, W, 3) uint8
+    source_format: str  # "PNG", "JPEG", ..., "DICOM"
+    warnings: list[str] = field(default_factory=list)
+    dicom_modality: str | None = None  # CT, CR, DX... when the upload was DICOM
+
+
+def is_dicom(data: bytes) -> bool:
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 filename: str | None = None) -> DecodedImage:
+    """Decode an upload (raster image or DICOM) into 8-bit RGB, or raise 415 / 422."""
+    if not data:
+        raise UnusableImage("The uploaded file is empty.")
+    if is_dicom(data) or (filename or "").lower().endswith((".dcm", ".dicom")):
+        from .dicom import decode_dicom  # pydicom is only needed for DICOM uploads
+
+        return decode_dicom(data, max_pixels=max_pixels)
+    return _decode_raster(data, max_pixels)
+
+
+def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UnsupportedImage(
+            "The file is not a readable image: upload a PNG, JPEG, BMP, TIFF or DICOM file."
+        ) from exc
+    _check_size(image.width, image.height, max_pixels)
+    try:
+        image = ImageOps.exif_transpose(image) or image
+        rgb = to_rgb(image)
+    except Image.DecompressionBombError as exc:  # pragma: no cover - guarded above
+        raise UnusableImage(str(exc)) from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise UnsupportedImage(
+            "The image could not be decoded: the file is truncated or corrupt."
+        ) from exc
+    return DecodedImage(pixels=rgb, source_format=image.format or "PNG")
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width < 1 or height < 1:
+        raise UnusableImage("The image has no pixels.")
+    if width * height > max_pixels:
+        raise UnusableImage(
+            f"The image is {width} x {height} pixels, more than the limit of "
+            f"{max_pixels:,} pixels. Downscale it and try again."
+        )
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> (H, W, 3) uint8. High bit depths are stretched, not clipped."""
+    mode = image.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        return gray_to_rgb(stretch_to_uint8(array))
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        # Composite on black: scans exported with alpha are dark-background images.
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def stretch_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Linearly map the array's own min..max to 0..255 (flat images become black)."""
+    array = np.asarray(array, dtype=np.float64)
+    finite = np.isfinite(array)
+    if not finite.any():
+        return np.zeros(array.shape, dtype=np.uint8)
+    low, high = float(array[finite].min()), float(array[finite].max())
+    if high <= low:
+        return np.zeros(array.shape, dtype=np.uint8)
+    scaled = (np.where(finite, array, low) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+
+
+_CV2_INTERPOLATION = {
+    "bilinear": "INTER_LINEAR",
+    "nearest": "INTER_NEAREST",
+    "bicubic": "INTER_CUBIC",
+    "area": "INTER_AREA",
+    "lanczos": "INTER_LANCZOS4",
+}
+
+
+def resize(pixels: np.ndarray, size: tuple[int, int], method: str = "bilinear") -> np.ndarray:
+    """Resize (H, W, C) to ``size`` = (h, w) with OpenCV, as the published pipeline did."""
+    import cv2
+
+    height, width = int(size[0]), int(size[1])
+    if pixels.shape[:2] == (height, width):
+        return pixels
+    interpolation = getattr(cv2, _CV2_INTERPOLATION[method])
+    return cv2.resize(pixels, (width, height), interpolation=interpolation)
+
+
+def prepare(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
+    """8-bit RGB (H, W, 3) -> float32 (h, w, 3) model input, as the card says.
+
+    This is the one preprocessing function: serving, evaluation and training call it.
+    """
+    resized = resize(pixels, card.input_size, card.resize).astype(np.float32)
+    if card.preprocessing == "rescale":
+        return resized / np.float32(255.0)
+    return imagenet_preprocess(resized, card.architecture)
+
+
+def imagenet_preprocess(batch: np.ndarray, architecture: str) -> np.ndarray:
+    """The architecture's ImageNet ``preprocess_input``, from Keras itself."""
+    from keras.applications import imagenet_utils
+
+    mode = ARCHITECTURES[architecture].imagenet_mode
+    return imagenet_utils.preprocess_input(np.array(batch, dtype=np.float32), mode=mode)

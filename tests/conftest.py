@@ -1,0 +1,62 @@
+"""Fixtures in the style of Flask's tutorial: app, client, runner, plus real models."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from app import create_app  # noqa: E402
+from config import TestingConfig  # noqa: E402
+
+from .model_factory import install, png_bytes, tiny_model  # noqa: E402
+
+TINY_CARD = {"input_size": [32, 32]}
+
+
+def testing_config(tmp_path, **overrides) -> dict:
+    config = {k: getattr(TestingConfig, k) for k in dir(TestingConfig) if k.isupper()}
+    config.update(MODEL_DIR=str(tmp_path / "models"),
+                  SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'test.sqlite3'}")
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Small real models for every slot: VGG16/VGG19/InceptionV3 CT, VGG16/ResNet50 X-ray."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    for seed, (arch, modality) in enumerate([("vgg16", "ct"), ("vgg19", "ct"),
+                                             ("inceptionv3", "ct"), ("vgg16", "xray"),
+                                             ("resnet50", "xray")]):
+        install(tiny_model(seed=seed), root, arch, modality, TINY_CARD)
+    return root
+
+
+@pytest.fixture
+def app(tmp_path, tiny_model_dir):
+    os.makedirs(tmp_path / "instance", exist_ok=True)
+    app = create_app(testing_config(tmp_path, MODEL_DIR=str(tiny_model_dir)))
+    yield app
+
+
+@pytest.fixture
+def empty_app(tmp_path):
+    return create_app(testing_config(tmp_path))
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def scan_png():
+    return png_bytes(size=(80, 64))

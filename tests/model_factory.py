@@ -1,0 +1,67 @@
+"""Real Keras models for the tests, built with ``weights=None`` (no download)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from inference.registry import model_relpath
+
+APPLICATIONS = {
+    "vgg16": "VGG16",
+    "vgg19": "VGG19",
+    "inceptionv3": "InceptionV3",
+    "resnet50": "ResNet50",
+}
+
+
+def full_size_model(arch: str, input_size=(224, 224), seed: int = 0):
+    """The published shape: ImageNet CNN without its top, Flatten, softmax over 2 classes."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    base = getattr(keras.applications, APPLICATIONS[arch])(
+        include_top=False, weights=None, input_shape=(*input_size, 3))
+    x = keras.layers.Flatten()(base.output)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    return keras.Model(base.input, outputs, name=f"{arch}_covid")
+
+
+def tiny_model(input_size=(32, 32), outputs: int = 2, seed: int = 0, keras_module=None):
+    """A few-layer CNN: fast to build, load and run. ``outputs=1`` gives a sigmoid head."""
+    if keras_module is None:
+        import keras as keras_module
+    keras_module.utils.set_random_seed(seed)
+    layers = keras_module.layers
+    inputs = keras_module.Input((*input_size, 3))
+    x = layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = layers.GlobalAveragePooling2D()(x)
+    activation = "softmax" if outputs > 1 else "sigmoid"
+    out = layers.Dense(outputs, activation=activation,
+                       kernel_initializer="glorot_uniform", bias_initializer="zeros")(x)
+    return keras_module.Model(inputs, out)
+
+
+def install(model, model_dir: Path, arch: str, modality: str, card: dict | None = None) -> Path:
+    """Save ``model`` under ``model_dir`` in the published layout, with an optional card."""
+    path = Path(model_dir) / model_relpath(arch, modality)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(path))
+    if card is not None:
+        path.with_suffix(".json").write_text(json.dumps(card), encoding="utf-8")
+    return path
+
+
+def png_bytes(array: np.ndarray | None = None, size=(64, 64), mode="RGB", seed=0) -> bytes:
+    import io
+
+    from PIL import Image
+
+    if array is None:
+        rng = np.random.default_rng(seed)
+        array = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()

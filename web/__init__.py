@@ -1,0 +1,1 @@
+"""HTTP blueprints: pages, JSON API, health."""

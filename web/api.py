@@ -1,0 +1,40 @@
+"""JSON API: ``/api/v1/models``, ``/api/v1/predict``, ``/api/v1/openapi.json``."""
+
+from flask import Blueprint, current_app, jsonify, request
+
+from extensions import limiter
+from inference.errors import InvalidRequest
+
+from .openapi import openapi_document
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+def inference_service():
+    return current_app.extensions["inference"]
+
+
+def predict_limit() -> str:
+    return current_app.config["PREDICT_RATE_LIMIT"]
+
+
+@bp.get("/models")
+def list_models():
+    return jsonify({"models": inference_service().describe()})
+
+
+@bp.post("/predict")
+@limiter.limit(predict_limit)
+def predict():
+    upload = request.files.get("image")
+    if upload is None:
+        raise InvalidRequest("Send the image as a multipart/form-data file field named 'image'.")
+    _, prediction = inference_service().analyse(
+        upload.read(), request.form.get("modality"), request.form.get("model"),
+        filename=upload.filename)
+    return jsonify(prediction.to_json())
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_document())

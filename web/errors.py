@@ -1,0 +1,65 @@
+"""Error responses: JSON under /api, a friendly page elsewhere, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+
+from inference.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    429: "rate_limited",
+    500: "internal_error",
+}
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def error_response(status: int, code: str, message: str):
+    """The one place that shapes an error, for the API and for the pages."""
+    if wants_json():
+        response = jsonify({"error": {"code": code, "message": message}})
+        response.status_code = status
+        return response
+    return render_template("error.html", status=status, message=message), status
+
+
+def _http_message(exc: HTTPException) -> str:
+    if exc.code == 413:
+        return "The upload is larger than this server accepts."
+    if exc.code == 429:
+        return f"Too many requests: the limit is {exc.description}. Try again shortly."
+    if exc.code == 400 and isinstance(exc, CSRFError):
+        return "The form expired or was not sent from this site. Reload the page and retry."
+    if exc.code == 400:
+        return "The request could not be understood."
+    return exc.description or exc.name
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def service_error(exc: ServiceError):
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        status = exc.code or 500
+        return error_response(status, _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")),
+                              _http_message(exc))
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error",
+                              "Something went wrong on our side. The error was logged.")

@@ -1,0 +1,94 @@
+"""The OpenAPI 3.1 description of the JSON API."""
+
+from inference.predict import DISCLAIMER
+from inference.registry import ARCHITECTURES, MODALITIES
+
+
+def _error(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def openapi_document() -> dict:
+    architectures = sorted(ARCHITECTURES)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "COVID-19 CT and X-ray classifier API",
+            "version": "1.0.0",
+            "description": DISCLAIMER,
+        },
+        "paths": {
+            "/api/v1/models": {"get": {
+                "summary": "Every model slot, installed or not",
+                "responses": {"200": {"description": "Model list", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ModelList"}}}}},
+            }},
+            "/api/v1/predict": {"post": {
+                "summary": "Classify one chest CT slice or X-ray",
+                "requestBody": {"required": True, "content": {"multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image", "modality"],
+                        "properties": {
+                            "image": {"type": "string", "format": "binary",
+                                      "description": "PNG, JPEG, BMP, TIFF or DICOM"},
+                            "modality": {"type": "string",
+                                         "enum": sorted(MODALITIES) + ["cxr"]},
+                            "model": {"type": "string", "default": "all",
+                                      "enum": architectures + ["all"]},
+                            "explain": {"type": "string", "enum": ["0", "1"],
+                                        "description": "1 adds a Grad-CAM heatmap PNG"},
+                        },
+                    }}}},
+                "responses": {
+                    "200": {"description": "Verdicts", "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Prediction"}}}},
+                    "400": _error("Missing or unknown field"),
+                    "413": _error("Body over the size limit"),
+                    "415": _error("Not a readable image or DICOM file"),
+                    "422": _error("Readable but unusable: too many pixels, empty, no pixel data"),
+                    "429": _error("Rate limit exceeded"),
+                    "503": _error("The model is not installed or cannot be loaded"),
+                },
+            }},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+            "ModelList": {"type": "object", "properties": {"models": {
+                "type": "array", "items": {"type": "object", "properties": {
+                    "modality": {"type": "string"}, "architecture": {"type": "string"},
+                    "available": {"type": "boolean"}, "loaded": {"type": "boolean"},
+                    "file": {"type": "string"},
+                    "classes": {"type": "array", "items": {"type": "string"}},
+                    "input_size": {"type": "array", "items": {"type": "integer"}},
+                    "preprocessing": {"type": "string"}, "metrics": {"type": "object"}}}}}},
+            "Result": {"type": "object", "required": [
+                "architecture", "label", "covid_probability", "confidence", "inference_ms"],
+                "properties": {
+                    "architecture": {"type": "string"},
+                    "label": {"type": "string", "enum": ["COVID", "Non-COVID"]},
+                    "covid_probability": {"type": "number", "minimum": 0, "maximum": 1},
+                    "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                    "inference_ms": {"type": "number"},
+                    "threshold": {"type": "number"},
+                    "heatmap_png": {"type": "string", "contentEncoding": "base64"},
+                    "explain_ms": {"type": "number"}}},
+            "Prediction": {"type": "object", "required": ["modality", "results", "warnings",
+                                                          "disclaimer"],
+                           "properties": {
+                               "modality": {"type": "string"},
+                               "results": {"type": "array",
+                                           "items": {"$ref": "#/components/schemas/Result"}},
+                               "ensemble": {"type": "object", "properties": {
+                                   "label": {"type": "string"},
+                                   "covid_probability": {"type": "number"},
+                                   "agreement": {"type": "number"},
+                                   "agreeing": {"type": "integer"},
+                                   "total": {"type": "integer"}}},
+                               "warnings": {"type": "array", "items": {"type": "string"}},
+                               "disclaimer": {"type": "string"}}},
+        }},
+    }
