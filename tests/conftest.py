@@ -24,6 +24,9 @@ def testing_config(tmp_path, **overrides) -> dict:
     return config
 
 
+testing_config.__test__ = False  # a helper, not a test, despite its name
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Small real models for every slot: VGG16/VGG19/InceptionV3 CT, VGG16/ResNet50 X-ray."""
