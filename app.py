@@ -16,7 +16,10 @@ from extensions import csrf, db, limiter
 
 
 def create_app(test_config: dict | None = None) -> Flask:
-    app = Flask(__name__, instance_relative_config=True)
+    # FLASK_INSTANCE_PATH moves the instance folder (secret key, SQLite) out of a
+    # read-only code tree, e.g. onto a container volume.
+    app = Flask(__name__, instance_relative_config=True,
+                instance_path=os.environ.get("FLASK_INSTANCE_PATH") or None)
     app.config.from_object(Config)
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env()
@@ -33,27 +36,59 @@ def create_app(test_config: dict | None = None) -> Flask:
     register_blueprints(app)
     register_error_handlers(app)
     register_commands(app)
-    register_security_headers(app)
+    register_security(app)
     logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
     return app
 
 
+# Keys that appear in this repository or in tutorials: anyone could forge sessions.
+PUBLISHED_SECRET_KEYS = {"test-only-secret", "dev", "secret", "changeme", "change-me"}
+
+
 def _ensure_secret_key(app: Flask) -> None:
     """Never run with a fixed key: make a random one once and keep it in the instance."""
-    if app.config.get("SECRET_KEY"):
+    configured = app.config.get("SECRET_KEY")
+    if configured:
+        if configured in PUBLISHED_SECRET_KEYS and not app.testing:
+            raise RuntimeError("SECRET_KEY is a published example value: unset it to get a "
+                               "random key kept in the instance folder, or set your own.")
         return
     path = os.path.join(app.instance_path, "secret_key")
+    key = _read_key(path) or _create_key(path)
+    app.config["SECRET_KEY"] = key
+
+
+def _read_key(path: str) -> str:
     try:
         with open(path, encoding="ascii") as handle:
-            key = handle.read().strip()
+            return handle.read().strip()
     except FileNotFoundError:
-        key = ""
-    if not key:
-        key = secrets.token_hex(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(key)
-    app.config["SECRET_KEY"] = key
+        return ""
+
+
+def _create_key(path: str) -> str:
+    """Write a new key so that concurrent first starts (several workers) agree on one.
+
+    The key is written to a private temporary file and hard-linked into place: the
+    link is atomic and fails when another process won, whose key is then used.
+    """
+    candidate = secrets.token_hex(32)
+    scratch = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(candidate)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(scratch, path)
+    except FileExistsError:
+        if not _read_key(path):  # an empty or blank file left by hand: replace it
+            os.replace(scratch, path)
+            return candidate
+    finally:
+        if os.path.exists(scratch):
+            os.unlink(scratch)
+    return _read_key(path)
 
 
 def register_extensions(app: Flask) -> None:
@@ -105,7 +140,8 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(models_cli)
 
 
-def register_security_headers(app: Flask) -> None:
-    from web.security import add_security_headers
+def register_security(app: Flask) -> None:
+    from web.security import add_security_headers, reject_repeated_api_fields
 
+    app.before_request(reject_repeated_api_fields)
     app.after_request(add_security_headers)

@@ -24,6 +24,7 @@ from .registry import ARCHITECTURES, ModelCard
 
 DEFAULT_MAX_PIXELS = 50_000_000
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+MIN_USEFUL_SIDE = 32  # smaller images are decoded, with a warning
 
 # Pillow's own bomb guard must never fire before ours: we check the header ourselves
 # against the configured limit and raise a clear 422.
@@ -46,14 +47,34 @@ def is_dicom(data: bytes) -> bool:
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
                  filename: str | None = None) -> DecodedImage:
-    """Decode an upload (raster image or DICOM) into 8-bit RGB, or raise 415 / 422."""
+    """Decode an upload (raster image or DICOM) into 8-bit RGB, or raise 415 / 422.
+
+    The content decides, not the name: a PNG called ``scan.dcm`` is read as a PNG.
+    The ``.dcm`` name only lets DICOM files without the standard preamble through.
+    """
     if not data:
         raise UnusableImage("The uploaded file is empty.")
-    if is_dicom(data) or (filename or "").lower().endswith((".dcm", ".dicom")):
-        from .dicom import decode_dicom  # pydicom is only needed for DICOM uploads
+    if is_dicom(data):
+        decoded = _decode_dicom(data, max_pixels)
+    else:
+        try:
+            decoded = _decode_raster(data, max_pixels)
+        except UnsupportedImage:
+            if not (filename or "").lower().endswith((".dcm", ".dicom")):
+                raise
+            decoded = _decode_dicom(data, max_pixels)
+    height, width = decoded.pixels.shape[:2]
+    if min(height, width) < MIN_USEFUL_SIDE:
+        decoded.warnings.append(
+            f"The image is only {width} x {height} pixels: too small for a meaningful "
+            f"result (at least {MIN_USEFUL_SIDE} pixels a side).")
+    return decoded
 
-        return decode_dicom(data, max_pixels=max_pixels)
-    return _decode_raster(data, max_pixels)
+
+def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
+    from .dicom import decode_dicom  # pydicom is only needed for DICOM uploads
+
+    return decode_dicom(data, max_pixels=max_pixels)
 
 
 def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:

@@ -61,7 +61,7 @@ def normalize_modality(value: str | None) -> str:
     key = MODALITY_ALIASES.get(value.strip().lower())
     if key is None:
         raise InvalidRequest(
-            f"Unknown modality {value!r}: choose one of {', '.join(sorted(MODALITIES))}."
+            f"Unknown modality {value[:40]!r}: choose one of {', '.join(sorted(MODALITIES))}."
         )
     return key
 
@@ -73,7 +73,7 @@ def normalize_architecture(value: str | None, allow_all: bool = True) -> str:
         return key
     if key not in ARCHITECTURES:
         choices = sorted(ARCHITECTURES) + (["all"] if allow_all else [])
-        raise InvalidRequest(f"Unknown model {value!r}: choose one of {', '.join(choices)}.")
+        raise InvalidRequest(f"Unknown model {value[:40]!r}: choose one of {', '.join(choices)}.")
     return key
 
 

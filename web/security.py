@@ -1,5 +1,10 @@
-"""Security headers on every response."""
+"""Security headers on every response and strict parsing of API form fields."""
 
+from flask import request
+
+from inference.errors import InvalidRequest
+
+# No inline script or style anywhere: templates load static/js and static/css only.
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'self'",
     "img-src 'self' data:",
@@ -19,6 +24,25 @@ def add_security_headers(response):
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
     if response.mimetype == "text/html":
         headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def reject_repeated_api_fields():
+    """A field sent twice is ambiguous (which image, which modality?): answer 400.
+
+    Only the API is strict; the pages' forms are parsed by WTForms, which takes the
+    first value. Reading the form here also applies the body size limit (413) early.
+    """
+    if request.method != "POST" or not request.path.startswith("/api/"):
+        return None
+    if request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return None
+    for fields in (request.files, request.form):
+        for name in fields:
+            if len(fields.getlist(name)) > 1:
+                raise InvalidRequest(f"The field '{name[:40]}' was sent more than once: "
+                                     "send each field once.")
+    return None
