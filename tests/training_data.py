@@ -27,7 +27,7 @@ def synthetic_scan(covid: bool, rng: np.random.Generator, size: int = 64) -> np.
         else:
             angle = rng.uniform(0, np.pi)
             distance = np.abs((xx - cx) * np.sin(angle) - (yy - cy) * np.cos(angle))
-            image += 0.45 * (distance < 0.015)
+            image += 0.45 * (distance < 0.03)
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 

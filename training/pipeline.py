@@ -8,6 +8,7 @@ cache on whole batches, so each epoch gets fresh variations without decoding aga
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -75,14 +76,19 @@ def make_dataset(paths: list[str], labels, card: ModelCard, batch_size: int,
     height, width = card.input_size
 
     def load(path):
-        image = tf.numpy_function(lambda p: load_prepared(p, card), [path], tf.float32,
-                                  stateful=False)
+        image = tf.numpy_function(functools.partial(load_prepared, card=card), [path],
+                                  tf.float32, stateful=False)
         image.set_shape((height, width, 3))
         return image
 
+    def load_pair(path, label):
+        return load(path), label
+
+    def augment_batch(images, batch_labels):
+        return augment(images, training=True), batch_labels
+
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
-    dataset = dataset.map(lambda path, label: (load(path), label),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(load_pair, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache is not None:
         dataset = dataset.cache(cache)
     if training:
@@ -90,6 +96,5 @@ def make_dataset(paths: list[str], labels, card: ModelCard, batch_size: int,
                                   reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     if training and augment is not None:
-        dataset = dataset.map(lambda images, y: (augment(images, training=True), y),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
