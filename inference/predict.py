@@ -12,6 +12,7 @@ from .errors import ModelUnavailable
 from .loader import LoadedModel, ModelCache
 from .preprocess import DecodedImage, prepare
 from .registry import MODALITIES, ModelCard, ModelEntry, entries_for
+from .sanity import sanity_warnings
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +140,29 @@ def modality_warnings(decoded: DecodedImage, modality: str) -> list[str]:
             f"was chosen: check the choice."]
 
 
+def add_heatmap(result: ModelResult, loaded: LoadedModel, decoded: DecodedImage,
+                warnings: list[str]) -> None:
+    """Attach a Grad-CAM heatmap; a model that cannot be explained still answers."""
+    from .explain import ExplainError, explain
+
+    try:
+        result.heatmap_png, result.explain_ms = explain(loaded, decoded)
+    except ExplainError as exc:
+        log.warning("no heatmap for %s: %s", loaded.entry.display_name, exc)
+        warnings.append(f"No heatmap for {loaded.entry.display_name}: {exc}.")
+
+
 def predict(decoded: DecodedImage, modality: str, architecture: str,
-            entries: list[ModelEntry], cache: ModelCache) -> Prediction:
+            entries: list[ModelEntry], cache: ModelCache, explain: bool = False
+            ) -> Prediction:
     """Run the chosen model (or every installed one) on an image.
 
     With ``all``, a model that fails to load becomes a warning and the others answer.
+    ``explain`` adds each model's Grad-CAM heatmap (base64 PNG) and its cost.
     """
     chosen = select_entries(entries, modality, architecture)
-    warnings = list(decoded.warnings) + modality_warnings(decoded, modality)
+    warnings = (list(decoded.warnings) + modality_warnings(decoded, modality)
+                + sanity_warnings(decoded, modality))
     results = []
     for entry in chosen:
         try:
@@ -156,7 +172,10 @@ def predict(decoded: DecodedImage, modality: str, architecture: str,
                 raise
             warnings.append(f"{entry.display_name} skipped: {exc.message}")
             continue
-        results.append(run_model(loaded, decoded))
+        result = run_model(loaded, decoded)
+        if explain:
+            add_heatmap(result, loaded, decoded, warnings)
+        results.append(result)
     if not results:
         raise ModelUnavailable("None of the installed models could be loaded: "
                                + " ".join(warnings))

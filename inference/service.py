@@ -25,12 +25,15 @@ class InferenceService:
         return entries_for(self.entries(), modality)
 
     def analyse(self, data: bytes, modality: str | None, model: str | None,
-                filename: str | None = None) -> tuple[DecodedImage, Prediction]:
-        """Validate the choices, decode the bytes and run the model(s)."""
+                filename: str | None = None, explain: bool = False
+                ) -> tuple[DecodedImage, Prediction]:
+        """Validate the choices, decode the bytes and run the model(s), with heatmaps
+        when ``explain`` is set."""
         modality_key = normalize_modality(modality)
         architecture = normalize_architecture(model)
         decoded = decode_image(data, max_pixels=self.max_pixels, filename=filename)
-        prediction = predict(decoded, modality_key, architecture, self.entries(), self.cache)
+        prediction = predict(decoded, modality_key, architecture, self.entries(), self.cache,
+                             explain=explain)
         return decoded, prediction
 
     def describe(self) -> list[dict]:

@@ -18,6 +18,19 @@ def predict_limit() -> str:
     return current_app.config["PREDICT_RATE_LIMIT"]
 
 
+TRUE_VALUES, FALSE_VALUES = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
+
+
+def flag(name: str) -> bool:
+    """A yes/no form field (``explain=1``); anything unclear is a 400, not a guess."""
+    value = (request.form.get(name) or "").strip().lower()
+    if value in TRUE_VALUES:
+        return True
+    if value in FALSE_VALUES:
+        return False
+    raise InvalidRequest(f"The field '{name}' must be 1 or 0.")
+
+
 @bp.get("/models")
 def list_models():
     return jsonify({"models": inference_service().describe()})
@@ -29,9 +42,10 @@ def predict():
     upload = request.files.get("image")
     if upload is None:
         raise InvalidRequest("Send the image as a multipart/form-data file field named 'image'.")
+    explain = flag("explain")
     _, prediction = inference_service().analyse(
         upload.read(), request.form.get("modality"), request.form.get("model"),
-        filename=upload.filename)
+        filename=upload.filename, explain=explain)
     return jsonify(prediction.to_json())
 
 

@@ -2,7 +2,7 @@
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
-from wtforms import RadioField, SelectField
+from wtforms import BooleanField, RadioField, SelectField
 
 from inference.registry import ARCHITECTURES, MODALITIES
 
@@ -14,3 +14,6 @@ class UploadForm(FlaskForm):
                           default="ct")
     model = SelectField("Model", choices=MODEL_CHOICES, default="all")
     image = FileField("Image", validators=[FileRequired("Choose an image file to analyse.")])
+    explain = BooleanField("Show heatmap", default=False,
+                           description="Grad-CAM: where each model found evidence for "
+                                       "COVID. Adds about a second per model.")

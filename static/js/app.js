@@ -1,6 +1,16 @@
 // Progressive enhancement only: every form works without this file.
 (function () {
   "use strict";
+  // Result page: the print button needs script, so it stays hidden without it.
+  var printButton = document.getElementById("print-report");
+  if (printButton) {
+    printButton.hidden = false;
+    printButton.addEventListener("click", function () { window.print(); });
+  }
+})();
+
+(function () {
+  "use strict";
   var form = document.getElementById("upload-form");
   if (!form) { return; }
   var select = form.querySelector("select[name=model]");

@@ -1,0 +1,71 @@
+"""Does the upload look like a chest CT slice or X-ray at all? Warnings, never rejections.
+
+A classifier answers COVID or Non-COVID for any picture, including a holiday photo or
+a blank page, with the same apparent confidence. These checks catch the common wrong
+uploads cheaply (a few milliseconds on a downscaled copy) and say so above the verdict.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import preprocess
+from .preprocess import DecodedImage
+from .registry import MODALITIES
+
+MIN_SIDE = 128  # pixels: the models see 224 x 224, so smaller images are blown up
+COLOUR_SATURATION = 0.25  # HSV saturation above which a pixel counts as coloured
+COLOUR_SHARE = 0.10  # share of coloured pixels that makes a colour photograph
+BLANK_CONTRAST = 12  # grey levels between the 1st and 99th percentile
+CHECK_SIDE = 256  # the checks run on a copy at most this large
+
+
+def _downscaled(pixels: np.ndarray) -> np.ndarray:
+    import cv2
+
+    height, width = pixels.shape[:2]
+    scale = min(1.0, CHECK_SIDE / max(height, width))
+    if scale >= 1.0:
+        return pixels
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
+def coloured_share(pixels: np.ndarray) -> float:
+    """Share of visible pixels with strong colour; CT and X-ray images have none."""
+    import cv2
+
+    hsv = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2HSV)
+    saturation = hsv[..., 1].astype(np.float32) / 255.0
+    visible = hsv[..., 2] > 40  # near-black pixels have meaningless hue and saturation
+    return float(np.mean((saturation > COLOUR_SATURATION) & visible))
+
+
+def contrast(pixels: np.ndarray) -> float:
+    """Grey levels between the 1st and 99th percentile of the luminance."""
+    gray = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    low, high = np.percentile(gray, [1, 99])
+    return float(high - low)
+
+
+def sanity_warnings(decoded: DecodedImage, modality: str) -> list[str]:
+    """Reasons to doubt the upload is a usable image of the chosen modality."""
+    label = MODALITIES[modality].label
+    pixels = decoded.pixels
+    height, width = pixels.shape[:2]
+    found = []
+    # Images under the decoder's own minimum already carry its warning.
+    if getattr(preprocess, "MIN_USEFUL_SIDE", 0) <= min(height, width) < MIN_SIDE:
+        found.append(
+            f"The image is only {width} x {height} pixels: far too small for a reliable "
+            f"result (the models look at 224 x 224). Upload the original {label}.")
+    small = _downscaled(pixels)
+    share = coloured_share(small)
+    if share > COLOUR_SHARE:
+        found.append(
+            f"The image is in strong colour ({share:.0%} of it), like a photograph: a "
+            f"{label} is greyscale. The result is probably meaningless.")
+    if contrast(small) < BLANK_CONTRAST:
+        found.append(
+            f"The image is almost blank (nearly uniform): it does not look like a {label}.")
+    return found
