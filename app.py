@@ -109,6 +109,11 @@ def register_services(app: Flask) -> None:
         max_loaded=int(app.config["MAX_LOADED_MODELS"]),
         threads=int(app.config["INFERENCE_THREADS"]),
         max_pixels=int(app.config["MAX_IMAGE_PIXELS"]),
+        backend=app.config["INFERENCE_BACKEND"],
+        convert_in_background=bool(app.config["ONNX_CONVERT_IN_BACKGROUND"]),
+        onnx_cache_dir=app.config["ONNX_CACHE_DIR"],
+        jit_compile=bool(app.config["INFERENCE_JIT_COMPILE"]),
+        concurrency=int(app.config["INFERENCE_CONCURRENCY"]),
     )
 
 

@@ -16,6 +16,14 @@ class Config:
     MODEL_DIR = os.path.join(BASE_DIR, "models")
     MAX_LOADED_MODELS = 4
     INFERENCE_THREADS = 0  # 0: all cores of this process's share
+    # Forward passes: auto (ONNX Runtime where its cached conversion measured faster),
+    # keras (compiled graph) or onnx (ONNX Runtime whenever a conversion exists).
+    INFERENCE_BACKEND = "auto"
+    ONNX_CONVERT_IN_BACKGROUND = True  # else only `flask models compile` converts
+    ONNX_CACHE_DIR = None  # None: beside each model file
+    INFERENCE_JIT_COMPILE = False  # XLA for the Keras graph
+    INFERENCE_CONCURRENCY = 1  # forward passes at once per process (each uses all threads)
+    WARM_MODELS = ""  # "all", or e.g. "ct:vgg16,xray:all": loaded when a worker starts
     MAX_CONTENT_LENGTH = 20 * 1024 * 1024  # 20 MiB per request
     MAX_IMAGE_PIXELS = 50_000_000
     SQLALCHEMY_DATABASE_URI = None  # None: sqlite:///<instance>/contact.sqlite3
@@ -48,3 +56,4 @@ class TestingConfig(Config):
     WTF_CSRF_ENABLED = False
     RATELIMIT_ENABLED = False
     SECRET_KEY = "test-only-secret"
+    ONNX_CONVERT_IN_BACKGROUND = False  # tests convert explicitly

@@ -1,13 +1,19 @@
 """Load models lazily, once, and keep a bounded number in memory.
 
-TensorFlow is imported on the first load, not when the app starts. Each model has its
-own lock, so many first requests for one model load it once while other models stay
-usable. The cache holds at most ``max_loaded`` models and drops the least recently
-used one when a new one arrives.
+TensorFlow is imported on the first Keras load, not when the app starts (a model
+served from its cached ONNX conversion needs no TensorFlow until its Keras object is
+asked for, e.g. for Grad-CAM). Each model has its own lock, so many first requests for
+one model load it once while other models stay usable. The cache holds at most
+``max_loaded`` models and drops the least recently used one when a new one arrives.
+
+Forward passes go through one gate per cache (``concurrency``, default 1): each pass
+already uses every core of this process's share, so running two at once only makes
+both slower and multiplies the memory in flight.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
@@ -20,6 +26,9 @@ from typing import Callable
 
 import numpy as np
 
+from . import backends
+from .backends import (Backend, ConversionRefused, KerasGraphBackend, OnnxBackend,
+                       intra_op_threads)
 from .errors import ModelUnavailable
 from .registry import ModelCard, ModelEntry
 
@@ -37,7 +46,7 @@ def import_tensorflow(threads: int = 0):
         import tensorflow as tf
 
         if not _tf_configured:
-            intra = threads or os.cpu_count() or 1
+            intra = intra_op_threads(threads)
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(intra)
                 tf.config.threading.set_inter_op_parallelism_threads(1 if intra <= 2 else 2)
@@ -91,58 +100,108 @@ def resident_memory_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-@dataclass
+def release_freed_memory() -> None:
+    """Collect, then hand freed heap pages back to the system (glibc keeps them)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+@dataclass(eq=False)
 class LoadedModel:
-    """A model ready to serve: the Keras object and a compiled batch function."""
+    """A model ready to serve: its backend, and its Keras object (loaded on demand).
+
+    ``run_batch`` is what prediction calls; ``keras_model`` is what Grad-CAM needs,
+    whichever backend serves.
+    """
 
     entry: ModelEntry
-    keras_model: object
-    run_batch: Callable[[np.ndarray], np.ndarray]
-    loader: str  # "keras" or "tf_keras"
-    backend: str  # what serves predictions
+    backend: Backend
+    loader: str | None  # "keras" or "tf_keras"; None until the Keras object is loaded
     load_ms: float
     memory_mb: float
+    gate: threading.Semaphore = field(default_factory=lambda: threading.BoundedSemaphore(1))
+    threads: int = 0
+    conversion: backends.ConversionReport | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _keras_model: object = None
+    _keras_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def card(self) -> ModelCard:
         return self.entry.card
 
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
 
-def compile_keras_runner(model, card: ModelCard) -> Callable[[np.ndarray], np.ndarray]:
-    """A graph-compiled forward pass with a fixed input signature, warmed once.
+    def run_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Model outputs for a preprocessed ``(n, h, w, 3)`` float32 batch."""
+        with self.gate:
+            return self.backend.run(batch)
 
-    Keras ``predict()`` on one image costs several times the arithmetic; a traced
-    ``tf.function`` does not retrace per call and runs as one graph.
-    """
-    tf = import_tensorflow()
-    height, width = card.input_size
-    spec = tf.TensorSpec([None, height, width, 3], tf.float32)
+    @property
+    def keras_model(self):
+        """The Keras model, read from the ``.h5`` the first time it is needed."""
+        if self._keras_model is None:
+            with self._keras_lock:
+                if self._keras_model is None:
+                    before = resident_memory_mb()
+                    model, self.loader = load_keras_model(self.entry.path, self.threads)
+                    self.memory_mb += max(0.0, resident_memory_mb() - before)
+                    self._keras_model = model
+        return self._keras_model
 
-    @tf.function(input_signature=[spec], reduce_retracing=True)
-    def forward(batch):
-        return model(batch, training=False)
+    def use_backend(self, backend: Backend, conversion=None) -> None:
+        """Switch what serves (an attribute swap: requests in flight finish on the old)."""
+        self.backend = backend
+        if conversion is not None:
+            self.conversion = conversion
 
-    def run_batch(batch: np.ndarray) -> np.ndarray:
-        outputs = forward(tf.convert_to_tensor(batch, dtype=tf.float32))
-        if isinstance(outputs, (list, tuple)):
-            outputs = outputs[0]
-        return np.asarray(outputs)
+    def describe(self) -> dict:
+        data = {"backend": self.backend.name, "load_ms": round(self.load_ms, 1),
+                "memory_mb": round(self.memory_mb, 1), "loader": self.loader}
+        if self.conversion is not None:
+            data["conversion"] = {"keras_ms": self.conversion.keras_ms,
+                                  "onnx_ms": self.conversion.onnx_ms,
+                                  "max_abs_diff": self.conversion.max_abs_diff}
+        return data
 
-    run_batch(np.zeros((1, height, width, 3), dtype=np.float32))  # trace + warm
-    return run_batch
+
+def compile_keras_runner(model, card: ModelCard,
+                         jit_compile: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """A graph-compiled forward pass with a fixed input signature, warmed once."""
+    return KerasGraphBackend(model, card.input_size, jit_compile).run
 
 
 class ModelCache:
-    """Lazily loaded models, one lock per model, least recently used out first."""
+    """Lazily loaded models, one lock per model, least recently used out first.
 
-    def __init__(self, max_loaded: int = 4, threads: int = 0):
+    ``backend``: ``keras`` always serves the compiled Keras graph; ``onnx`` serves the
+    cached ONNX conversion whenever one exists; ``auto`` serves it only when the check
+    at conversion measured it faster. Without a conversion the model is served by
+    Keras at once and, with ``convert_in_background`` (always for ``onnx``), converted
+    in a low-priority thread and switched over when ready: a request never waits for
+    a conversion.
+    """
+
+    def __init__(self, max_loaded: int = 4, threads: int = 0, backend: str = "auto",
+                 convert_in_background: bool = False, onnx_cache_dir: str | None = None,
+                 jit_compile: bool = False, concurrency: int = 1):
         self.max_loaded = max(1, int(max_loaded))
         self.threads = threads
+        self.backend = backends.normalize_backend(backend)
+        self.convert_in_background = convert_in_background
+        self.onnx_cache_dir = onnx_cache_dir or None
+        self.jit_compile = jit_compile
+        self.gate = threading.BoundedSemaphore(max(1, int(concurrency)))
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._locks: dict[tuple, threading.Lock] = {}
         self._guard = threading.Lock()
         self.load_counts: dict[tuple, int] = {}
+        self._conversions: dict[tuple, threading.Thread] = {}
 
     @staticmethod
     def _cache_key(entry: ModelEntry) -> tuple:
@@ -181,12 +240,23 @@ class ModelCache:
                 self._evict_over_limit()
             return loaded
 
+    def _wants_onnx(self, report) -> bool:
+        if self.backend == "onnx":
+            return True
+        return self.backend == "auto" and (report is None or report.onnx_is_faster)
+
     def _load(self, entry: ModelEntry) -> LoadedModel:
         before = resident_memory_mb()
         started = time.perf_counter()
+        digest = None
+        if self.backend != "keras" and backends.onnx_supported():
+            digest = backends.file_sha256(entry.path)
+            loaded = self._load_onnx(entry, digest, before, started)
+            if loaded is not None:
+                return loaded
         try:
             model, loader = load_keras_model(entry.path, self.threads)
-            run_batch = compile_keras_runner(model, entry.card)
+            runner = KerasGraphBackend(model, entry.card.input_size, self.jit_compile)
         except ModelLoadError as exc:
             log.warning("model load failed: %s", exc)
             raise ModelUnavailable(str(exc)) from exc
@@ -197,9 +267,98 @@ class ModelCache:
             ) from exc
         load_ms = (time.perf_counter() - started) * 1000
         memory = max(0.0, resident_memory_mb() - before)
-        log.info("loaded %s with %s in %.0f ms (+%.0f MiB)", entry.path.name, loader,
-                 load_ms, memory)
-        return LoadedModel(entry, model, run_batch, loader, "keras-graph", load_ms, memory)
+        log.info("loaded %s with %s in %.0f ms (+%.0f MiB), serving with %s",
+                 entry.path.name, loader, load_ms, memory, runner.name)
+        loaded = LoadedModel(entry, runner, loader, load_ms, memory, gate=self.gate,
+                             threads=self.threads, _keras_model=model)
+        if digest and (self.backend == "onnx" or self.convert_in_background) and \
+                backends.find_verified_onnx(entry.path, digest, self.onnx_cache_dir) is None:
+            self._convert_later(loaded, runner, digest)
+        return loaded
+
+    def _load_onnx(self, entry: ModelEntry, digest: str, before: float,
+                   started: float) -> LoadedModel | None:
+        """Serve from the cached conversion of this exact file, if it should serve."""
+        path = backends.find_verified_onnx(entry.path, digest, self.onnx_cache_dir)
+        if path is None:
+            return None
+        try:
+            runner = OnnxBackend(path, self.threads)
+        except Exception as exc:  # noqa: BLE001 - a broken cache file: fall back to Keras
+            log.warning("cannot open %s (%s): serving with Keras", path.name, _short(exc))
+            return None
+        if not self._wants_onnx(runner.report):
+            return None
+        runner.run(np.zeros((1, *entry.card.input_size, 3), dtype=np.float32))  # warm
+        load_ms = (time.perf_counter() - started) * 1000
+        memory = max(0.0, resident_memory_mb() - before)
+        log.info("loaded %s in %.0f ms (+%.0f MiB), serving with ONNX Runtime",
+                 path.name, load_ms, memory)
+        return LoadedModel(entry, runner, None, load_ms, memory, gate=self.gate,
+                           threads=self.threads, conversion=runner.report)
+
+    def convert(self, entry: ModelEntry, force: bool = False):
+        """Convert ``entry`` to ONNX now (``flask models compile``): path and report.
+
+        Raises ``ConversionRefused`` when the outputs differ from Keras's.
+        """
+        digest = backends.file_sha256(entry.path)
+        target = backends.onnx_path_for(entry.path, digest, self.onnx_cache_dir)
+        with backends.conversion_lock(target):
+            if target.is_file() and not force:
+                existing = OnnxBackend(target, self.threads).report
+                if existing is not None:
+                    return target, existing, False
+            model, _ = load_keras_model(entry.path, self.threads)
+            runner = KerasGraphBackend(model, entry.card.input_size, self.jit_compile)
+            path, report = backends.convert_to_onnx(
+                runner, entry.path, digest, self.onnx_cache_dir, self.threads,
+                preprocess=_preprocessor(entry.card), exclusive=self.gate)
+        return path, report, True
+
+    def _convert_later(self, loaded: LoadedModel, runner: KerasGraphBackend,
+                       digest: str) -> None:
+        key = (str(loaded.entry.path), digest)
+        with self._guard:
+            if key in self._conversions:
+                return
+            thread = threading.Thread(target=self._convert_job, args=(loaded, runner, digest),
+                                      name=f"onnx-convert-{loaded.entry.path.stem}",
+                                      daemon=True)
+            self._conversions[key] = thread
+        thread.start()
+
+    def _convert_job(self, loaded: LoadedModel, runner: KerasGraphBackend,
+                     digest: str) -> None:
+        """Background conversion; switch over if it should serve."""
+        entry = loaded.entry
+        target = backends.onnx_path_for(entry.path, digest, self.onnx_cache_dir)
+        try:
+            with backends.conversion_lock(target):
+                if target.is_file():  # another worker made it meanwhile
+                    report = OnnxBackend(target, self.threads).report
+                else:
+                    _, report = backends.convert_to_onnx(
+                        runner, entry.path, digest, self.onnx_cache_dir, self.threads,
+                        preprocess=_preprocessor(entry.card), exclusive=self.gate)
+            if self._wants_onnx(report):
+                onnx_runner = OnnxBackend(target, self.threads)
+                onnx_runner.run(np.zeros((1, *entry.card.input_size, 3), dtype=np.float32))
+                loaded.use_backend(onnx_runner, report)
+                log.info("%s now served with ONNX Runtime", entry.path.name)
+            else:
+                loaded.conversion = report
+        except ConversionRefused as exc:
+            log.warning("%s", exc)
+        except Exception as exc:  # noqa: BLE001 - Keras keeps serving whatever happens
+            log.warning("ONNX conversion of %s failed: %s", entry.path.name, _short(exc))
+
+    def wait_for_conversions(self, timeout: float | None = None) -> None:
+        """Block until background conversions started so far are done (tests, tools)."""
+        with self._guard:
+            threads = list(self._conversions.values())
+        for thread in threads:
+            thread.join(timeout)
 
     def _drop_stale(self, entry: ModelEntry) -> None:
         """Forget older versions of a file that was replaced on disk."""
@@ -215,19 +374,32 @@ class ModelCache:
             log.info("evicted %s/%s from the model cache", key[0], key[1])
             evicted = True
         if evicted:
-            gc.collect()
+            release_freed_memory()
 
     def loaded(self) -> list[LoadedModel]:
         with self._guard:
             return list(self._models.values())
 
-    def is_loaded(self, entry: ModelEntry) -> bool:
+    def loaded_model(self, entry: ModelEntry) -> LoadedModel | None:
+        """The loaded version of ``entry``'s file, without loading it."""
         with self._guard:
-            return any(k[:3] == (entry.modality, entry.architecture, str(entry.path))
-                       for k in self._models)
+            for key, loaded in self._models.items():
+                if key[:3] == (entry.modality, entry.architecture, str(entry.path)):
+                    return loaded
+        return None
+
+    def is_loaded(self, entry: ModelEntry) -> bool:
+        return self.loaded_model(entry) is not None
 
     def clear(self) -> None:
         with self._guard:
             self._models.clear()
             self._locks.clear()
-        gc.collect()
+        release_freed_memory()
+
+
+def _preprocessor(card: ModelCard) -> Callable[[np.ndarray], np.ndarray]:
+    """The card's own preprocessing, so the conversion is checked on real inputs."""
+    from .preprocess import prepare
+
+    return lambda image: prepare(image, card)

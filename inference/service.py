@@ -13,10 +13,10 @@ class InferenceService:
     """Discovers models on each call (so dropped-in files appear) and caches loads."""
 
     def __init__(self, model_dir: str, max_loaded: int = 4, threads: int = 0,
-                 max_pixels: int = 50_000_000):
+                 max_pixels: int = 50_000_000, **cache_options):
         self.model_dir = model_dir
         self.max_pixels = max_pixels
-        self.cache = ModelCache(max_loaded=max_loaded, threads=threads)
+        self.cache = ModelCache(max_loaded=max_loaded, threads=threads, **cache_options)
 
     def entries(self) -> list[ModelEntry]:
         return discover(self.model_dir)
@@ -55,5 +55,13 @@ class InferenceService:
                 "threshold": card.threshold,
                 "metrics": card.metrics,
                 "card_error": entry.card_error,
+                **self._runtime(entry),
             })
         return described
+
+    def _runtime(self, entry: ModelEntry) -> dict:
+        """Backend, load time and memory of a loaded model (None while not loaded)."""
+        loaded = self.cache.loaded_model(entry) if entry.available else None
+        if loaded is None:
+            return {"backend": None, "load_ms": None, "memory_mb": None}
+        return loaded.describe()

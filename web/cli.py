@@ -1,14 +1,66 @@
-"""``flask models ...``: list the model slots and warm the cache."""
+"""``flask models ...``: list the model slots, convert them to ONNX, warm the cache."""
+
+from __future__ import annotations
 
 import json
+from typing import Iterator
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from inference.registry import normalize_architecture, normalize_modality
+from inference.errors import ModelUnavailable
+from inference.registry import ModelEntry, normalize_architecture, normalize_modality
 
-models_cli = AppGroup("models", help="Inspect and load the models.")
+models_cli = AppGroup("models", help="Inspect, convert and load the models.")
+
+
+def chosen_entries(service, modality: str | None, architecture: str = "all"
+                   ) -> Iterator[ModelEntry]:
+    """Installed models of one modality (or both) and one architecture (or all)."""
+    modalities = [normalize_modality(modality)] if modality else ["ct", "xray"]
+    architecture = normalize_architecture(architecture)
+    for key in modalities:
+        for entry in service.entries_for(key):
+            if entry.available and architecture in ("all", entry.architecture):
+                yield entry
+
+
+def parse_warm_models(value: str) -> list[tuple[str | None, str]]:
+    """``WARM_MODELS``: ``all`` or comma-separated ``modality:architecture`` pairs."""
+    pairs = []
+    for item in (value or "").replace(";", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.lower() == "all":
+            pairs.append((None, "all"))
+            continue
+        modality, _, architecture = item.partition(":")
+        pairs.append((modality, architecture or "all"))
+    return pairs
+
+
+def warm_models(service, selection: str, echo=None) -> int:
+    """Load what ``selection`` (``WARM_MODELS`` syntax) names; returns how many loaded.
+
+    A model that cannot load is reported and skipped: the others still warm.
+    """
+    count = 0
+    for modality, architecture in parse_warm_models(selection):
+        for entry in chosen_entries(service, modality, architecture):
+            try:
+                loaded = service.cache.get(entry)
+            except ModelUnavailable as exc:
+                if echo:
+                    echo(f"{entry.modality:5} {entry.architecture:12} failed: {exc.message}")
+                continue
+            count += 1
+            if echo:
+                echo(f"{entry.modality:5} {entry.architecture:12} loaded in "
+                     f"{loaded.load_ms:.0f} ms (+{loaded.memory_mb:.0f} MiB), "
+                     f"serving with {loaded.backend_name}")
+    return count
 
 
 @models_cli.command("list")
@@ -28,14 +80,44 @@ def list_models(as_json: bool):
 @click.option("--modality", default=None, help="ct or xray (default: both).")
 @click.option("--model", "architecture", default="all", help="Architecture or all.")
 def warm(modality, architecture):
-    """Load models now so the first request does not wait."""
+    """Load models now so the first request does not wait; print load time and memory."""
     service = current_app.extensions["inference"]
-    modalities = [normalize_modality(modality)] if modality else ["ct", "xray"]
-    architecture = normalize_architecture(architecture)
-    for key in modalities:
-        for entry in service.entries_for(key):
-            if not entry.available or architecture not in ("all", entry.architecture):
-                continue
-            loaded = service.cache.get(entry)
-            click.echo(f"{key:5} {entry.architecture:12} loaded in {loaded.load_ms:.0f} ms "
-                       f"(+{loaded.memory_mb:.0f} MiB, {loaded.loader})")
+    selection = f"{modality}:{architecture}" if modality else f"ct:{architecture},xray:{architecture}"
+    warm_models(service, selection, echo=click.echo)
+
+
+@models_cli.command("compile")
+@click.option("--modality", default=None, help="ct or xray (default: both).")
+@click.option("--model", "architecture", default="all", help="Architecture or all.")
+@click.option("--force", is_flag=True, help="Convert again even if a conversion exists.")
+def compile_models(modality, architecture, force):
+    """Convert models to ONNX ahead of serving, checked against Keras (1e-4).
+
+    The file is cached beside the model as <stem>.<sha256[:16]>.onnx; the server picks
+    it up on its next load of that model.
+    """
+    from inference.backends import ConversionRefused, conversion_supported
+
+    if not conversion_supported():
+        raise click.ClickException("ONNX conversion needs onnx, onnxruntime and tf2onnx.")
+    service = current_app.extensions["inference"]
+    failures = 0
+    for entry in chosen_entries(service, modality, architecture):
+        label = f"{entry.modality:5} {entry.architecture:12}"
+        try:
+            path, report, converted = service.cache.convert(entry, force=force)
+        except ConversionRefused as exc:
+            failures += 1
+            click.echo(f"{label} refused: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - report and go on with the others
+            failures += 1
+            click.echo(f"{label} failed: {type(exc).__name__}: {exc}")
+            continue
+        verb = f"converted in {report.convert_s:.1f} s" if converted else "already converted"
+        faster = "ONNX" if report.onnx_is_faster else "Keras"
+        click.echo(f"{label} {verb}: {path.name}, max |diff| {report.max_abs_diff:.1e}, "
+                   f"Keras {report.keras_ms:.1f} ms, ONNX {report.onnx_ms:.1f} ms "
+                   f"({faster} is faster)")
+    if failures:
+        raise click.ClickException(f"{failures} model(s) not converted")

@@ -1,0 +1,64 @@
+"""Gunicorn settings sized to this machine: ``gunicorn -c gunicorn.conf.py "app:create_app()"``.
+
+One forward pass of these CNNs already keeps every core it is given busy, so the cores
+are split between worker processes, never shared: ``workers x inference threads <=
+cores``. Each process runs one forward pass at a time (``INFERENCE_CONCURRENCY``) and
+its other request threads upload, decode and render meanwhile. Fewer, wider workers
+also keep fewer copies of the models in memory; from 8 cores on, a second worker pays
+off because one image no longer scales to all of them.
+
+Override with the environment: ``WEB_CONCURRENCY`` (workers), ``GUNICORN_THREADS``,
+``GUNICORN_BIND``, ``FLASK_INFERENCE_THREADS``, ``FLASK_WARM_MODELS``.
+"""
+
+import os
+import threading
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+CORES = _cores()
+CORES_PER_WORKER = 4  # where batch-1 convolutions stop scaling well on CPU
+
+workers = int(os.environ.get("WEB_CONCURRENCY") or max(1, CORES // CORES_PER_WORKER))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS") or 8)
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
+timeout = 120  # a cold load of the largest model plus its first request
+graceful_timeout = 30
+keepalive = 5
+preload_app = False  # TensorFlow must not be initialised before the fork
+
+INFERENCE_THREADS = int(os.environ.get("FLASK_INFERENCE_THREADS")
+                        or max(1, CORES // workers))
+raw_env = [
+    f"FLASK_INFERENCE_THREADS={INFERENCE_THREADS}",
+    # Libraries with their own pools (OpenCV, OpenMP) get the same share.
+    f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', INFERENCE_THREADS)}",
+]
+
+
+def when_ready(server):
+    server.log.info("%d worker(s) x %d inference thread(s) on %d core(s), %d request "
+                    "threads each", workers, INFERENCE_THREADS, CORES, threads)
+
+
+def post_worker_init(worker):
+    """Load ``WARM_MODELS`` in the background: the worker answers meanwhile."""
+    app = worker.wsgi
+    selection = getattr(app, "config", {}).get("WARM_MODELS")
+    if not selection:
+        return
+
+    def warm():
+        from web.cli import warm_models
+
+        with app.app_context():
+            warm_models(app.extensions["inference"], selection, echo=worker.log.info)
+
+    threading.Thread(target=warm, name="warm-models", daemon=True).start()
