@@ -1,6 +1,7 @@
 """``flask contact list [--json]`` and ``flask contact forward``."""
 
 import json
+import re
 
 import click
 from flask.cli import AppGroup
@@ -10,6 +11,15 @@ from extensions import db
 
 from .mailer import forward_pending, smtp_configured
 from .models import ContactMessage
+
+# C0/C1 control characters (ESC starts terminal escape sequences), except tab and newline.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(value) -> str:
+    """Visitors' text, safe for an operator's terminal: control characters shown escaped."""
+    return CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
 
 contact_cli = AppGroup("contact", help="Read and forward contact messages.")
 
@@ -26,9 +36,10 @@ def list_messages(as_json: bool):
         click.echo("No messages.")
     for row in rows:
         state = "forwarded" if row.forwarded_at else "stored"
-        click.echo(f"#{row.id} {row.created_at:%Y-%m-%d %H:%M} [{row.category}] {row.subject} "
-                   f"- {row.name} <{row.email}> ({state})")
-        click.echo(f"    {row.message}")
+        click.echo(printable(f"#{row.id} {row.created_at:%Y-%m-%d %H:%M} [{row.category}] "
+                             f"{row.subject} - {row.name} <{row.email}> ({state})"))
+        # Continuation lines stay indented: a message cannot fake another entry.
+        click.echo(printable("    " + row.message.replace("\n", "\n    ")))
 
 
 @contact_cli.command("forward")

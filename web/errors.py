@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
@@ -47,6 +48,18 @@ def _http_message(exc: HTTPException) -> str:
     return exc.description or exc.name
 
 
+def stack_without_messages(exc: BaseException) -> str:
+    """Where it failed, not what with: exception messages can quote the upload's bytes
+    (decoders do) or a contact message, and neither may reach the logs."""
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        parts.append(f"{type(exc).__module__}.{type(exc).__qualname__}, at:\n"
+                     + "".join(traceback.format_tb(exc.__traceback__)))
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return "\ncaused by ".join(parts)
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
@@ -60,6 +73,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.error("unhandled error on %s %s\n%s", request.method, request.path,
+                  stack_without_messages(exc))
         return error_response(500, "internal_error",
                               "Something went wrong on our side. The error was logged.")
