@@ -10,6 +10,7 @@ on the held-out test images, and both go into the card the app reads.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -96,9 +97,12 @@ def run_training(args, base_builder: BaseBuilder | None = None) -> dict:
     cache = "" if args.cache == "memory" else None if args.cache == "none" else args.cache
     train_batches = make_dataset(split.train.paths, split.train.labels, card, args.batch_size,
                                  training=True, augment=augmentation(modality, args.seed),
-                                 cache=_cache_file(cache, "train"), seed=args.seed)
+                                 cache=_cache_file(cache, "train", split.train.paths, card),
+                                 seed=args.seed)
     val_batches = make_dataset(split.validation.paths, split.validation.labels, card,
-                               args.batch_size, cache=_cache_file(cache, "validation"))
+                               args.batch_size,
+                               cache=_cache_file(cache, "validation", split.validation.paths,
+                                                 card))
     test_batches = make_dataset(split.test.paths, split.test.labels, card, args.batch_size,
                                 cache=None)
 
@@ -176,9 +180,13 @@ def run_training(args, base_builder: BaseBuilder | None = None) -> dict:
     return card_json
 
 
-def _cache_file(cache: str | None, part: str) -> str | None:
-    """Memory ("") and no cache pass through; a folder gets one file per split part."""
+def _cache_file(cache: str | None, part: str, paths: list[str], card: ModelCard
+                ) -> str | None:
+    """Memory ("") and no cache pass through; a folder gets one file per split part,
+    named after its images and preprocessing so another run never reads stale inputs."""
     if not cache:
         return cache
     Path(cache).mkdir(parents=True, exist_ok=True)
-    return str(Path(cache) / f"{part}.tfcache")
+    key = hashlib.sha256("\n".join([*paths, repr(card.input_size), card.preprocessing,
+                                     card.resize, card.architecture]).encode()).hexdigest()
+    return str(Path(cache) / f"{part}-{key[:12]}.tfcache")
