@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from app import create_app  # noqa: E402
 from config import TestingConfig  # noqa: E402
 
-from .model_factory import install, png_bytes, tiny_model  # noqa: E402
+from .model_factory import install, scan_like_png, tiny_model  # noqa: E402
 
 TINY_CARD = {"input_size": [32, 32]}
 
@@ -62,4 +62,4 @@ def runner(app):
 
 @pytest.fixture
 def scan_png():
-    return png_bytes(size=(80, 64))
+    return scan_like_png()

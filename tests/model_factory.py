@@ -65,3 +65,18 @@ def png_bytes(array: np.ndarray | None = None, size=(64, 64), mode="RGB", seed=0
     buffer = io.BytesIO()
     Image.fromarray(array).convert(mode).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def scan_like_png(size=(256, 256), seed=0) -> bytes:
+    """A gray image with two dark 'lungs' in a brighter body: passes the sanity checks."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    y, x = np.mgrid[0:height, 0:width]
+    body = ((x - width / 2) / (width * 0.45)) ** 2 + ((y - height / 2) / (height * 0.45)) ** 2 < 1
+    image = np.where(body, 170.0, 10.0)
+    for centre in (0.32, 0.68):
+        lung = (((x - width * centre) / (width * 0.14)) ** 2
+                + ((y - height / 2) / (height * 0.3)) ** 2) < 1
+        image = np.where(lung, 50.0, image)
+    image = np.clip(image + rng.normal(0, 12, size), 0, 255).astype(np.uint8)
+    return png_bytes(np.stack([image] * 3, axis=-1))
