@@ -16,4 +16,4 @@ class UploadForm(FlaskForm):
     image = FileField("Image", validators=[FileRequired("Choose an image file to analyse.")])
     explain = BooleanField("Show heatmap", default=False,
                            description="Grad-CAM: where each model found evidence for "
-                                       "COVID. Adds about a second per model.")
+                                       "COVID. Costs about one more prediction per model.")
