@@ -71,6 +71,18 @@ def test_card_is_written_in_the_published_layout(synthetic_run):
     assert not list(model_path.parent.glob("*.partial.*"))
 
 
+def test_evaluate_rescores_the_held_out_test_split(synthetic_run, tmp_path):
+    """``evaluate`` re-creates the split the card records and agrees with the card."""
+    root, card = synthetic_run
+    assert main(["evaluate", "--data", str(root / "data"), "--model",
+                 str(root / "models" / "vgg16" / "VGG16_CT_model.h5"),
+                 "--report", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["subset"] == "test" and report["count"] == 30
+    assert report["confusion_matrix"] == card["metrics"]["confusion_matrix"]
+    assert report["roc_auc"] == pytest.approx(card["metrics"]["roc_auc"])
+
+
 def test_pipeline_feeds_what_the_app_prepares(tmp_path):
     data = ct_dataset(tmp_path, per_class=3, size=50)
     dataset = load_dataset(data)

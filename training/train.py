@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.loader import import_tensorflow
-from inference.registry import ARCHITECTURES, ModelCard, model_relpath
+from inference.registry import ARCHITECTURES, MODALITY_ALIASES, ModelCard, model_relpath
 
 from .datasets import CLASSES, load_dataset, parse_class_map, split_dataset
 from .evaluate import score, write_report
@@ -79,7 +79,7 @@ def run_training(args, base_builder: BaseBuilder | None = None) -> dict:
 
     tf = import_tensorflow()
     keras.utils.set_random_seed(args.seed)
-    arch, modality = args.arch, args.modality
+    arch, modality = args.arch, MODALITY_ALIASES[args.modality]
     size = args.input_size or ARCHITECTURES[arch].default_input_size[0]
     card = ModelCard(arch, modality, classes=CLASSES, input_size=(size, size),
                      preprocessing=args.preprocessing, resize=args.resize)
