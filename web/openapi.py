@@ -37,8 +37,13 @@ def openapi_document() -> dict:
                                          "enum": sorted(MODALITIES) + ["cxr"]},
                             "model": {"type": "string", "default": "all",
                                       "enum": architectures + ["all"]},
-                            "explain": {"type": "string", "enum": ["0", "1"],
-                                        "description": "1 adds a Grad-CAM heatmap PNG"},
+                            "explain": {"type": "string", "default": "0",
+                                        "enum": ["0", "1", "true", "false"],
+                                        "description": (
+                                            "1 adds each model's Grad-CAM heatmap for the "
+                                            "COVID class (heatmap_png) and its cost "
+                                            "(explain_ms); it costs about one more "
+                                            "forward pass per model")},
                         },
                     }}}},
                 "responses": {
@@ -74,8 +79,16 @@ def openapi_document() -> dict:
                     "confidence": {"type": "number", "minimum": 0, "maximum": 1},
                     "inference_ms": {"type": "number"},
                     "threshold": {"type": "number"},
-                    "heatmap_png": {"type": "string", "contentEncoding": "base64"},
-                    "explain_ms": {"type": "number"}}},
+                    "heatmap_png": {
+                        "type": "string", "contentEncoding": "base64",
+                        "contentMediaType": "image/png",
+                        "description": "Only with explain=1: the Grad-CAM map of the COVID "
+                                       "class (jet colour map, opacity following the map) "
+                                       "over the image, at the upload's aspect ratio, at "
+                                       "most 512 pixels on the longer side"},
+                    "explain_ms": {"type": "number",
+                                   "description": "Only with explain=1: milliseconds the "
+                                                  "heatmap added to this result"}}},
             "Prediction": {"type": "object", "required": ["modality", "results", "warnings",
                                                           "disclaimer"],
                            "properties": {
@@ -88,7 +101,13 @@ def openapi_document() -> dict:
                                    "agreement": {"type": "number"},
                                    "agreeing": {"type": "integer"},
                                    "total": {"type": "integer"}}},
-                               "warnings": {"type": "array", "items": {"type": "string"}},
+                               "warnings": {
+                                   "type": "array", "items": {"type": "string"},
+                                   "description": "Reasons to doubt the result, never "
+                                                  "rejections: DICOM modality other than "
+                                                  "the chosen one, colour photograph, image "
+                                                  "far too small, almost blank image, frame "
+                                                  "chosen from a multi-frame file"},
                                "disclaimer": {"type": "string"}}},
         }},
     }
