@@ -10,6 +10,7 @@ import os
 import secrets
 
 from flask import Flask
+from sqlalchemy.exc import OperationalError
 
 from config import Config, TestingConfig  # noqa: F401 - TestingConfig re-exported
 from extensions import csrf, db, limiter
@@ -98,7 +99,12 @@ def register_extensions(app: Flask) -> None:
     import contact.models  # noqa: F401 - registers the table
 
     with app.app_context():
-        db.create_all()
+        try:
+            db.create_all()
+        except OperationalError:
+            # Workers starting together on a new database race to create the tables;
+            # the loser finds them made. Any other failure repeats and is raised here.
+            db.create_all()
 
 
 def register_services(app: Flask) -> None:

@@ -3,8 +3,9 @@
 The server gets its own instance folder, model folder and temporary folder under a
 test's tmp path, binds port 0 (the kernel picks a free one, read back from gunicorn's
 log: no race with other tests) and runs in its own process group so that a test can
-SIGKILL the master and every worker at once. A ``gunicorn.conf.py`` in the project
-root is read as in production; the flags below override what the tests need fixed.
+SIGKILL the master and every worker at once. The project's ``gunicorn.conf.py`` is
+used as in production (threads, timeouts, inference thread sizing); the flags below
+override only the address, the worker count and the logs.
 """
 
 from __future__ import annotations
@@ -78,41 +79,44 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def start_server(root: Path, model_dir: Path, *, workers: int = 2, threads: int = 4,
-                 env: dict | None = None, startup_timeout: float = 60.0) -> LiveServer:
+def start_server(root: Path, model_dir: Path, *, workers: int = 2, env: dict | None = None,
+                 startup_timeout: float = 60.0) -> LiveServer:
     """Start gunicorn; return once ``/readyz`` answers 200. ``root`` holds its files."""
     root = Path(root)
     instance, tmpdir = root / "instance", root / "tmp"
     instance.mkdir(parents=True, exist_ok=True)
     tmpdir.mkdir(parents=True, exist_ok=True)
     log_path = root / "gunicorn.log"
+    log_start = log_path.stat().st_size if log_path.exists() else 0  # a restart appends
     server_env = {k: v for k, v in os.environ.items() if not k.startswith("FLASK_")}
     server_env.update({
         "FLASK_INSTANCE_PATH": str(instance),
         "FLASK_MODEL_DIR": str(model_dir),
         "FLASK_RATELIMIT_ENABLED": "false",
-        "FLASK_INFERENCE_THREADS": "1",
         "TMPDIR": str(tmpdir),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONUNBUFFERED": "1",
     })
     server_env.update(env or {})
-    command = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0",
-               "--workers", str(workers), "--threads", str(threads),
-               "--worker-class", "gthread", "--timeout", "120", "--graceful-timeout", "5",
+    config = ROOT / "gunicorn.conf.py"
+    command = [sys.executable, "-m", "gunicorn",
+               *(["--config", str(config)] if config.exists() else []),
+               "--bind", "127.0.0.1:0", "--workers", str(workers), "--graceful-timeout", "5",
+               "--no-control-socket",
                "--access-logfile", str(log_path), "--error-logfile", str(log_path),
                "--capture-output", "--log-level", "info", "app:create_app()"]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=server_env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = LiveServer(process, "", log_path, instance, tmpdir, server_env)
+    own_log = lambda: server.log_text()[log_start:]  # noqa: E731
     deadline = time.monotonic() + startup_timeout
     try:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited {process.returncode}:\n{server.log_text()}")
-            match = LISTENING.search(server.log_text()) if log_path.exists() else None
+            match = LISTENING.search(own_log())
             if match and not server.url:
                 server.url = f"http://127.0.0.1:{match.group(1)}"
             if server.url and _ready(server.url):
