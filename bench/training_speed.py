@@ -2,8 +2,8 @@
 
 Builds each network as ``python -m training train`` does (``--weights none``, new head)
 and times a few optimizer steps on random batches in both phases: the head alone on a
-frozen base, then with the top blocks thawed. The first step of each phase (graph
-tracing) is not timed. Also times the input pipeline (decode + ``prepare``) on
+frozen base, then with the top blocks thawed. The first two steps of each phase (graph
+tracing) are not timed. Also times the input pipeline (decode + ``prepare``) on
 synthetic 512 x 512 PNGs, to show whether it can keep up.
 
     python bench/training_speed.py [--arch vgg16 ...] [--steps 3] [--batch-size 8]
@@ -29,12 +29,13 @@ from training.models import BASES, build_model, freeze_base, unfreeze_top  # noq
 
 
 def time_steps(model, images, labels, learning_rate: float, steps: int) -> float:
-    """Images per second over ``steps`` timed optimizer steps, after one untimed."""
+    """Images per second over ``steps`` timed optimizer steps, after two untimed."""
     import keras
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy")
-    model.train_on_batch(images, labels)  # trace and warm
+    for _ in range(2):  # trace, then let allocations settle
+        model.train_on_batch(images, labels)
     started = time.perf_counter()
     for _ in range(steps):
         model.train_on_batch(images, labels)
