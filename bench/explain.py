@@ -48,7 +48,9 @@ def timed_ms(call, repeat: int) -> dict:
             "min_ms": round(min(samples), 1), "max_ms": round(max(samples), 1)}
 
 
-class Stand_in:  # noqa: N801 - mirrors LoadedModel's shape for explain()
+class LoadedStandIn:
+    """What ``explain()`` reads from a loaded model, without the cache around it."""
+
     def __init__(self, model, card):
         self.keras_model, self.card, self.gate = model, card, None
 
@@ -69,7 +71,7 @@ def bench_gradcam(archs, size: int, repeat: int) -> list[dict]:
                               input_signature=[tf.TensorSpec([None, size, size, 3])])
         batch = np.zeros((1, size, size, 3), np.float32)
         cams, _ = gradcam.run(batch)
-        stand_in = Stand_in(model, card)
+        stand_in = LoadedStandIn(model, card)
         rows.append({
             "architecture": APPLICATIONS[arch], "target_layer": gradcam.target_layer,
             "map": "x".join(str(v) for v in cams.shape[1:]),

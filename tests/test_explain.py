@@ -66,12 +66,10 @@ def region_model(module: str = "keras", outputs: int = 2, nested: bool = False,
         layers.Reshape((SIDE, SIDE, 4))(routed))
     if nested:
         base = km.Model(inputs, features, name="base")
-        head_input = km.Input((SIDE, SIDE, 4))
         model = km.Sequential([km.Input((SIDE, SIDE, 3)), base,
                                layers.GlobalAveragePooling2D(),
                                layers.Dense(outputs, activation="softmax" if outputs > 1
                                             else "sigmoid", name="head")])
-        del head_input
     else:
         pooled = layers.GlobalAveragePooling2D()(features)
         out = layers.Dense(outputs, activation="softmax" if outputs > 1 else "sigmoid",
