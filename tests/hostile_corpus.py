@@ -204,7 +204,7 @@ HTML_WITH_SCRIPT = b"<!doctype html><html><body><script>alert('x')</script></bod
 
 def dicom_bytes(rows=16, columns=16, *, pixels: bytes | None = None, with_pixels=True,
                 modality="CT", transfer_syntax=None, frames: int | None = None,
-                bits_allocated=16) -> bytes:
+                bits_allocated=16, patient_name="Hostile^Test") -> bytes:
     """A small CT DICOM file (pydicom), with knobs to break it."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -218,7 +218,7 @@ def dicom_bytes(rows=16, columns=16, *, pixels: bytes | None = None, with_pixels
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = modality
-    ds.PatientName = "Hostile^Test"
+    ds.PatientName = patient_name
     ds.Rows, ds.Columns = rows, columns
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
