@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "modality", None) == "cxr":
         args.modality = "xray"
     from inference.errors import ServiceError
+    from inference.loader import ModelLoadError
 
     from .datasets import DatasetError
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             from .predict import run_predict
 
             run_predict(args)
-    except (DatasetError, FileNotFoundError, ValueError) as exc:
+    except (DatasetError, FileNotFoundError, ValueError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ServiceError as exc:

@@ -91,6 +91,8 @@ def write_report(folder: Path, y_true, probability, threshold: float, history: d
 
 def run_evaluate(args) -> dict:
     model_path = Path(args.model)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"Model file {model_path} not found.")
     card, has_card = card_for(model_path, args.arch, args.modality)
     if args.threshold is not None:
         card.threshold = float(args.threshold)
