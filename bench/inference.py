@@ -32,6 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from inference.backends import KERAS_MARGIN  # noqa: E402 - stdlib and numpy only
+
 ARCHES = ("vgg16", "vgg19", "inceptionv3", "resnet50")
 MODALITY = {"vgg16": "ct", "vgg19": "ct", "inceptionv3": "ct", "resnet50": "xray"}
 
@@ -65,7 +67,7 @@ def model_flops(model) -> float:
     return float(total)
 
 
-def prepare_models(folder: Path, arches) -> dict:
+def prepare_models(folder: Path, arches, force: bool = False) -> dict:
     """Save each full-size model (once) and its checked ONNX conversion; FLOPs too."""
     from inference.loader import ModelCache
     from inference.registry import discover
@@ -82,10 +84,11 @@ def prepare_models(folder: Path, arches) -> dict:
             info[arch] = {"gflop": model_flops(model) / 1e9}
             del model
         entry = next(e for e in discover(folder) if e.key == (modality, arch))
-        _, report, converted = cache.convert(entry)
+        _, report, converted = cache.convert(entry, force=force)
         if converted:
             info[arch]["convert_s"] = report.convert_s
-        info[arch]["max_abs_diff"] = report.max_abs_diff
+        info[arch].update(max_abs_diff=report.max_abs_diff, check_keras_ms=report.keras_ms,
+                          check_onnx_ms=report.onnx_ms)
         info_path.write_text(json.dumps(info, indent=2))
     return info
 
@@ -170,17 +173,21 @@ def measure_all_models(folder: Path, runs: int) -> dict:
     for arch in arches:
         service.analyse(image, "ct", arch)
 
-    def median_request_ms(model: str) -> float:
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            service.analyse(image, "ct", model)
-            times.append((time.perf_counter() - started) * 1000)
-        return statistics.median(times)
+    def request_ms(model: str) -> float:
+        started = time.perf_counter()
+        service.analyse(image, "ct", model)
+        return (time.perf_counter() - started) * 1000
 
-    singles = {arch: median_request_ms(arch) for arch in arches}
-    return {"all_ms": median_request_ms("all"), "sum_ms": sum(singles.values()),
-            "singles": singles}
+    all_times, sums = [], []
+    singles = {arch: [] for arch in arches}
+    for _ in range(runs):  # interleaved rounds: "all", then each model alone
+        all_times.append(request_ms("all"))
+        round_times = {arch: request_ms(arch) for arch in arches}
+        for arch, elapsed in round_times.items():
+            singles[arch].append(elapsed)
+        sums.append(sum(round_times.values()))
+    return {"all_ms": statistics.median(all_times), "sum_ms": statistics.median(sums),
+            "singles": {a: statistics.median(t) for a, t in singles.items()}}
 
 
 def run_worker(args) -> None:
@@ -193,6 +200,16 @@ def run_worker(args) -> None:
 
 
 def in_fresh_process(args, worker: str) -> dict:
+    """Median of each measure over ``--repeat`` fresh processes (noise guard)."""
+    results = [one_fresh_process(args, worker) for _ in range(args.repeat)]
+    merged = dict(results[0])
+    for key, value in merged.items():
+        if isinstance(value, float):
+            merged[key] = statistics.median(r[key] for r in results)
+    return merged
+
+
+def one_fresh_process(args, worker: str) -> dict:
     command = [sys.executable, __file__, "--worker", worker, "--model-dir", args.model_dir,
                "--runs", str(args.runs)] + (["--xla"] if args.xla else [])
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -225,6 +242,11 @@ def print_table(rows: list[dict], info: dict, gflops: float) -> None:
         for row in xla:
             print(f"| {row['arch']} | {row['graph_ms']:.1f} | {row['xla_ms']:.1f} | "
                   f"{row['xla_compile_ms']:.0f} |")
+    print("\nauto serves (from the check at conversion, fastest of interleaved runs):")
+    for arch in dict.fromkeys(r["arch"] for r in rows):
+        keras_ms, onnx_ms = info[arch]["check_keras_ms"], info[arch]["check_onnx_ms"]
+        choice = "onnx" if onnx_ms <= keras_ms * KERAS_MARGIN else "keras-graph"
+        print(f"  {arch:12} {choice:12} (Keras {keras_ms:.0f} ms, ONNX {onnx_ms:.0f} ms)")
     conversions = [a for a in info if "convert_s" in info[a]]
     if conversions:
         print("\nONNX conversion (once per file): " + ", ".join(
@@ -241,6 +263,10 @@ def main() -> None:
                                                    / "covid-bench-models"))
     parser.add_argument("--xla", action="store_true", help="also time Keras with XLA")
     parser.add_argument("--no-all", action="store_true", help="skip the All-models check")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="fresh processes per measure; medians are reported")
+    parser.add_argument("--reconvert", action="store_true",
+                        help="convert again (and re-time the backends for auto)")
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -252,7 +278,7 @@ def main() -> None:
     folder = Path(args.model_dir)
     folder.mkdir(parents=True, exist_ok=True)
     print(f"models in {folder} (built and converted once)", flush=True)
-    info = in_fresh_process_prepare(folder, arches)
+    info = in_fresh_process_prepare(folder, arches, args.reconvert)
     gflops = sgemm_gflops()
     rows = []
     for arch in arches:
@@ -274,12 +300,12 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
 
-def in_fresh_process_prepare(folder: Path, arches) -> dict:
+def in_fresh_process_prepare(folder: Path, arches, force: bool = False) -> dict:
     """Building and converting imports TensorFlow: keep it out of this process."""
     code = ("import json, sys; sys.path.insert(0, %r); from bench.inference import "
             "prepare_models; from pathlib import Path; "
-            "print(json.dumps(prepare_models(Path(%r), %r)))" % (str(ROOT), str(folder),
-                                                                  list(arches)))
+            "print(json.dumps(prepare_models(Path(%r), %r, %r)))"
+            % (str(ROOT), str(folder), list(arches), force))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT)
     if done.returncode:
