@@ -86,6 +86,8 @@ def _create_key(path: str) -> str:
         if not _read_key(path):  # an empty or blank file left by hand: replace it
             os.replace(scratch, path)
             return candidate
+    except OSError:  # a filesystem without hard links: plain rename, last one wins
+        os.replace(scratch, path)
     finally:
         if os.path.exists(scratch):
             os.unlink(scratch)
