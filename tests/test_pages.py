@@ -52,8 +52,8 @@ def test_single_model_result_page(client):
 
 def test_all_models_result_page_has_table_and_combined_verdict(client):
     html = upload(client, png_bytes(), model="all").get_data(as_text=True)
-    for name in ("VGG16", "VGG19", "INCEPTIONV3"):
-        assert f"<td>{name}</td>" in html
+    for name in ("VGG16", "VGG19", "InceptionV3"):
+        assert f'<td data-label="Model">{name}</td>' in html
     assert "Combined verdict of 3 models" in html
     assert re.search(r"\d of 3 agree", html)
 

@@ -13,11 +13,18 @@ from PIL import Image
 from extensions import limiter
 from inference.errors import ServiceError
 from inference.predict import DISCLAIMER
-from inference.registry import MODALITIES
+from inference.registry import ARCHITECTURES, MODALITIES
 
 from .forms import UploadForm
 
 bp = Blueprint("pages", __name__)
+
+
+@bp.app_template_filter("arch_name")
+def arch_name(key: str) -> str:
+    """``inceptionv3`` -> ``InceptionV3``: the name people know the network by."""
+    architecture = ARCHITECTURES.get(key)
+    return architecture.name if architecture else key
 
 REPORT_IMAGE_SIDE = 384  # pixels: sharp on paper, small enough for a download link
 

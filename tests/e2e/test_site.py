@@ -6,13 +6,16 @@ import re
 
 import pytest
 
+from inference.registry import ARCHITECTURES
+
 from ..hostile_corpus import dicom_bytes, encode, noise
+
 from .conftest import screenshot
 
 PNG = {"name": "chest.png", "mimeType": "image/png",
        "buffer": encode(noise((300, 260), seed=11), "PNG")}
 DICOM = {"name": "slice.dcm", "mimeType": "application/dicom", "buffer": dicom_bytes(96, 96)}
-INSTALLED = {"ct": ["VGG16", "VGG19", "INCEPTIONV3"], "xray": ["VGG16", "RESNET50"]}
+INSTALLED = {"ct": ["VGG16", "VGG19", "InceptionV3"], "xray": ["VGG16", "ResNet50"]}
 
 
 def upload(page, modality: str, model: str, file: dict = PNG, heatmap: bool = False):
@@ -44,7 +47,7 @@ def test_upload_flow_for_one_model(page, modality, model):
     verdict = page.locator("#verdict").inner_text()
     assert verdict in ("COVID", "Non-COVID")
     assert re.fullmatch(r"\d+\.\d %", page.locator("#covid-probability").inner_text())
-    assert model.upper() in page.locator(".verdict-card").inner_text()
+    assert ARCHITECTURES[model].name in page.locator(".verdict-card").inner_text()
     assert page.locator(".disclaimer").is_visible()
     thumbnail = page.locator("figure.thumb img")
     assert thumbnail.evaluate("img => img.complete && img.naturalWidth > 0")
