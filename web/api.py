@@ -41,7 +41,9 @@ def list_models():
 def predict():
     upload = request.files.get("image")
     if upload is None:
-        raise InvalidRequest("Send the image as a multipart/form-data file field named 'image'.")
+        found = "" if request.files else "No file was found in the request. "
+        raise InvalidRequest(found + "Send the image as a multipart/form-data file field "
+                             "named 'image', with a UTF-8 file name.")
     explain = flag("explain")
     _, prediction = inference_service().analyse(
         upload.read(), request.form.get("modality"), request.form.get("model"),
