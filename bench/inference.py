@@ -8,7 +8,9 @@ app's own ``ModelCache.convert`` (checked against Keras), then measures every
 (architecture, backend) pair in a fresh process so that load time and resident memory
 are its own. Each process interleaves the served call (preprocessing and forward pass,
 as a request runs it) with a plain ONNX Runtime session on the same file, so the ratio
-to ONNX Runtime is taken under the same load. The arithmetic estimate divides the
+to ONNX Runtime is taken under the same load. (The reference's idle threads sleep
+rather than spin, as the served session's do; otherwise the two pools would take turns
+starving each other, which measures neither.) The arithmetic estimate divides the
 model's FLOPs (2 x multiply-adds of its convolutions and dense layers) by the SGEMM
 rate numpy reaches in the same run. The machine may be shared: medians are printed,
 and a second run is the way to tell noise from signal.
@@ -118,8 +120,10 @@ def measure(arch: str, backend: str, folder: Path, runs: int, xla: bool) -> dict
     first_ms = (time.perf_counter() - started) * 1000
     rss_loaded = resident_memory_mb()
 
+    options = ort.SessionOptions()  # plain ONNX Runtime, same cores; idle threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # sleep
     reference = ort.InferenceSession(
-        str(find_verified_onnx(entry.path, file_sha256(entry.path))),
+        str(find_verified_onnx(entry.path, file_sha256(entry.path))), options,
         providers=["CPUExecutionProvider"])
     name = reference.get_inputs()[0].name
     one = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32)
