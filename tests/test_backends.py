@@ -287,3 +287,47 @@ def test_concurrent_first_requests_load_once_and_all_answer(converted_dir):
     assert cache.load_counts[("ct", "vgg16")] == 1
     for output in outputs:
         np.testing.assert_allclose(output, outputs[0], atol=1e-6)
+
+
+def test_queued_requests_run_together_and_each_gets_its_own_answer(converted_dir):
+    loaded = ModelCache(backend="onnx").get(entry_for(converted_dir))
+    images = [random_batch(n=1, seed=seed) for seed in range(8)]
+    expected = [loaded.run_batch(image) for image in images]
+    calls = []
+    real_run = loaded.backend.run
+
+    def counting_run(batch):
+        calls.append(len(batch))
+        return real_run(batch)
+
+    loaded.backend.run = counting_run
+    outputs = [None] * 8
+    barrier = threading.Barrier(8)
+
+    def client(index):
+        barrier.wait()
+        outputs[index] = loaded.run_batch(images[index])
+
+    with loaded.gate:  # hold the cores so that all eight queue up
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        while len(loaded._pending) < 8:
+            threading.Event().wait(0.01)
+    for thread in threads:
+        thread.join()
+    assert calls == [8]  # one forward pass for the eight requests
+    for output, want in zip(outputs, expected):
+        np.testing.assert_allclose(output, want, atol=1e-5)
+
+
+def test_a_failing_forward_pass_reaches_every_waiting_request(converted_dir):
+    loaded = ModelCache(backend="onnx").get(entry_for(converted_dir))
+
+    def broken(batch):
+        raise RuntimeError("out of memory")
+
+    loaded.backend.run = broken
+    with pytest.raises(RuntimeError, match="out of memory"):
+        loaded.run_batch(random_batch(n=1))
+    assert loaded._pending == []
