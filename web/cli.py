@@ -82,7 +82,8 @@ def list_models(as_json: bool):
 def warm(modality, architecture):
     """Load models now so the first request does not wait; print load time and memory."""
     service = current_app.extensions["inference"]
-    selection = f"{modality}:{architecture}" if modality else f"ct:{architecture},xray:{architecture}"
+    modalities = [modality] if modality else ["ct", "xray"]
+    selection = ",".join(f"{key}:{architecture}" for key in modalities)
     warm_models(service, selection, echo=click.echo)
 
 
