@@ -94,7 +94,8 @@ class KerasGraphBackend:
     """The Keras model traced once into a graph with a fixed ``[None, h, w, 3]`` input.
 
     ``jit_compile`` adds XLA; it is off by default because on this kind of CPU it
-    measured no faster than the plain graph while making the first call much slower.
+    helped InceptionV3 only, slowed ResNet50, and costs seconds at load, while ONNX
+    Runtime beat it everywhere.
     """
 
     def __init__(self, model, input_size: tuple[int, int], jit_compile: bool = False):
