@@ -34,18 +34,28 @@ graceful_timeout = 30
 keepalive = 5
 preload_app = False  # TensorFlow must not be initialised before the fork
 
-INFERENCE_THREADS = int(os.environ.get("FLASK_INFERENCE_THREADS")
-                        or max(1, CORES // workers))
-raw_env = [
-    f"FLASK_INFERENCE_THREADS={INFERENCE_THREADS}",
-    # Libraries with their own pools (OpenCV, OpenMP) get the same share.
-    f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', INFERENCE_THREADS)}",
-]
+
+def inference_threads(worker_count: int) -> int:
+    """This worker's share of the cores, unless FLASK_INFERENCE_THREADS says otherwise."""
+    return int(os.environ.get("FLASK_INFERENCE_THREADS") or max(1, CORES // max(1, worker_count)))
 
 
 def when_ready(server):
+    count = server.cfg.workers
     server.log.info("%d worker(s) x %d inference thread(s) on %d core(s), %d request "
-                    "threads each", workers, INFERENCE_THREADS, CORES, threads)
+                    "threads each", count, inference_threads(count), CORES, threads)
+
+
+def post_fork(server, worker):
+    """Size the worker's thread pools from the real worker count (``-w`` included).
+
+    The app is created after this hook (no preload), so it reads these before
+    TensorFlow or ONNX Runtime start their pools.
+    """
+    share = inference_threads(server.cfg.workers)
+    os.environ["FLASK_INFERENCE_THREADS"] = str(share)
+    # Libraries with their own pools (OpenCV, OpenMP) get the same share.
+    os.environ.setdefault("OMP_NUM_THREADS", str(share))
 
 
 def post_worker_init(worker):

@@ -172,9 +172,14 @@ def prepare(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
     return imagenet_preprocess(resized, card.architecture)
 
 
-def imagenet_preprocess(batch: np.ndarray, architecture: str) -> np.ndarray:
-    """The architecture's ImageNet ``preprocess_input``, from Keras itself."""
-    from keras.applications import imagenet_utils
+# Keras's ImageNet ``preprocess_input`` modes, restated so that a model served by ONNX
+# Runtime needs no TensorFlow import; tests check them against Keras itself.
+_CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
-    mode = ARCHITECTURES[architecture].imagenet_mode
-    return imagenet_utils.preprocess_input(np.array(batch, dtype=np.float32), mode=mode)
+
+def imagenet_preprocess(batch: np.ndarray, architecture: str) -> np.ndarray:
+    """The architecture's ImageNet ``preprocess_input`` (``caffe`` or ``tf`` mode)."""
+    values = np.asarray(batch, dtype=np.float32)
+    if ARCHITECTURES[architecture].imagenet_mode == "tf":  # InceptionV3: to [-1, 1]
+        return values / np.float32(127.5) - np.float32(1.0)
+    return values[..., ::-1] - _CAFFE_BGR_MEAN  # VGG, ResNet50: BGR, mean-centred

@@ -98,7 +98,7 @@ def start_server(root: Path, model_dir: Path, *, workers: int = 2, env: dict | N
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONUNBUFFERED": "1",
     })
-    # The configuration sizes inference threads from WEB_CONCURRENCY, not from --workers.
+    # The configuration's way to choose the worker count.
     server_env["WEB_CONCURRENCY"] = str(workers)
     server_env.update(env or {})
     config = ROOT / "gunicorn.conf.py"

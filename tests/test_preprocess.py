@@ -119,12 +119,15 @@ def test_prepare_defaults_match_the_published_pipeline():
     np.testing.assert_allclose(prepared, expected, atol=1e-6)
 
 
-def test_prepare_imagenet_uses_keras_preprocess_input():
-    from keras.applications import inception_v3, vgg16
+def test_prepare_imagenet_equals_keras_preprocess_input():
+    from keras.applications import inception_v3, resnet50, vgg16
 
     card = ModelCard("vgg16", "ct", input_size=(30, 40), preprocessing="imagenet")
     np.testing.assert_allclose(prepare(RGB, card),
                                vgg16.preprocess_input(RGB.astype(np.float32)), atol=1e-4)
+    card = ModelCard("resnet50", "ct", input_size=(30, 40), preprocessing="imagenet")
+    np.testing.assert_allclose(prepare(RGB, card),
+                               resnet50.preprocess_input(RGB.astype(np.float32)), atol=1e-4)
     card = ModelCard("inceptionv3", "ct", input_size=(30, 40), preprocessing="imagenet")
     np.testing.assert_allclose(prepare(RGB, card),
                                inception_v3.preprocess_input(RGB.astype(np.float32)),
