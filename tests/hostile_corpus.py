@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from .dicom_factory import new_dataset
+
 PREDICT = "/api/v1/predict"
 BOUNDARY = "hostile-boundary-7f3a"
 # What the servers in these tests are configured with (the shipped defaults).
@@ -206,18 +208,7 @@ def dicom_bytes(rows=16, columns=16, *, pixels: bytes | None = None, with_pixels
                 modality="CT", transfer_syntax=None, frames: int | None = None,
                 bits_allocated=16, patient_name="Hostile^Test") -> bytes:
     """A small CT DICOM file (pydicom), with knobs to break it."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
+    ds = new_dataset(modality, transfer_syntax)
     ds.PatientName = patient_name
     ds.Rows, ds.Columns = rows, columns
     ds.SamplesPerPixel = 1

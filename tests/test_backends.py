@@ -228,13 +228,24 @@ def test_warm_models_setting_is_parsed():
     assert parse_warm_models("ct:vgg16, xray") == [("ct", "vgg16"), ("xray", "all")]
 
 
-def test_gunicorn_settings_never_oversubscribe_the_cores(monkeypatch):
-    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
-    monkeypatch.delenv("FLASK_INFERENCE_THREADS", raising=False)
+@pytest.mark.parametrize("workers", [None, 1, 2])
+def test_gunicorn_settings_never_oversubscribe_the_cores(monkeypatch, workers):
+    """Each worker's inference threads come from the real worker count (``-w`` too)."""
+    import os
+    from types import SimpleNamespace
+
+    for name in ("WEB_CONCURRENCY", "FLASK_INFERENCE_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.setenv(name, "0")  # so that monkeypatch restores what post_fork sets
+        monkeypatch.delenv(name)
     settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    assert settings["workers"] * settings["INFERENCE_THREADS"] <= settings["CORES"]
     assert settings["worker_class"] == "gthread" and not settings["preload_app"]
-    assert f"FLASK_INFERENCE_THREADS={settings['INFERENCE_THREADS']}" in settings["raw_env"]
+    count = workers or settings["workers"]
+    server = SimpleNamespace(cfg=SimpleNamespace(workers=count))
+    settings["post_fork"](server, None)  # runs in the worker, before the app starts
+    threads = int(os.environ["FLASK_INFERENCE_THREADS"])
+    assert threads >= 1
+    assert count * threads <= max(settings["CORES"], count)
+    assert os.environ["OMP_NUM_THREADS"] == str(threads)
 
 
 def test_importing_the_app_does_not_import_tensorflow():
