@@ -26,5 +26,8 @@ serve: install
 test: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+bench: install
+	$(BIN)/python bench/inference.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache

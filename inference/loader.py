@@ -128,7 +128,6 @@ class LoadedModel:
     gate: threading.Semaphore = field(default_factory=lambda: threading.BoundedSemaphore(1))
     threads: int = 0
     conversion: backends.ConversionReport | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
     _keras_model: object = None
     _keras_lock: threading.Lock = field(default_factory=threading.Lock)
     _pending: list = field(default_factory=list)
@@ -200,12 +199,6 @@ class LoadedModel:
                                   "onnx_ms": self.conversion.onnx_ms,
                                   "max_abs_diff": self.conversion.max_abs_diff}
         return data
-
-
-def compile_keras_runner(model, card: ModelCard,
-                         jit_compile: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    """A graph-compiled forward pass with a fixed input signature, warmed once."""
-    return KerasGraphBackend(model, card.input_size, jit_compile).run
 
 
 class ModelCache:
