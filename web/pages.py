@@ -20,6 +20,14 @@ from .forms import UploadForm
 bp = Blueprint("pages", __name__)
 
 
+@bp.app_template_filter("ms")
+def milliseconds(value: float | None) -> str:
+    """``212.4`` -> ``212 ms``, ``0.43`` -> ``0.4 ms``: sub-millisecond runs are not 0."""
+    if value is None:
+        return "-"
+    return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
 @bp.app_template_filter("arch_name")
 def arch_name(key: str) -> str:
     """``inceptionv3`` -> ``InceptionV3``: the name people know the network by."""
