@@ -161,8 +161,9 @@ def predict(decoded: DecodedImage, modality: str, architecture: str,
     ``explain`` adds each model's Grad-CAM heatmap (base64 PNG) and its cost.
     """
     chosen = select_entries(entries, modality, architecture)
+    largest_input = max((e.card.input_size for e in chosen), key=lambda size: size[0] * size[1])
     warnings = (list(decoded.warnings) + modality_warnings(decoded, modality)
-                + sanity_warnings(decoded, modality))
+                + sanity_warnings(decoded, modality, largest_input))
     results = []
     for entry in chosen:
         try:

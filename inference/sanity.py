@@ -44,8 +44,12 @@ def contrast(pixels: np.ndarray) -> float:
     return float(high - low)
 
 
-def sanity_warnings(decoded: DecodedImage, modality: str) -> list[str]:
-    """Reasons to doubt the upload is a usable image of the chosen modality."""
+def sanity_warnings(decoded: DecodedImage, modality: str,
+                    input_size: tuple[int, int] = (224, 224)) -> list[str]:
+    """Reasons to doubt the upload is a usable image of the chosen modality.
+
+    ``input_size`` is what the chosen models look at, named in the size warning.
+    """
     label = MODALITIES[modality].label
     pixels = decoded.pixels
     height, width = pixels.shape[:2]
@@ -54,7 +58,8 @@ def sanity_warnings(decoded: DecodedImage, modality: str) -> list[str]:
     if getattr(preprocess, "MIN_USEFUL_SIDE", 0) <= min(height, width) < MIN_SIDE:
         found.append(
             f"The image is only {width} x {height} pixels: far too small for a reliable "
-            f"result (the models look at 224 x 224). Upload the original {label}.")
+            f"result (the models look at {input_size[1]} x {input_size[0]}). Upload the "
+            f"original {label}.")
     small = _sample(pixels)
     share = coloured_share(small)
     if share > COLOUR_SHARE:

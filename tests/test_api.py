@@ -170,3 +170,10 @@ def test_openapi_document_describes_the_api(client):
     predict = doc["paths"]["/api/v1/predict"]["post"]
     assert {"200", "400", "413", "415", "422", "429", "503"} <= set(predict["responses"])
     assert "/api/v1/models" in doc["paths"]
+
+
+def test_small_image_warning_names_the_models_input_size(client):
+    """The test models' cards say 32 x 32: the warning must not claim 224 x 224."""
+    body = post_predict(client, png_bytes(size=(100, 90), seed=2)).get_json()
+    size_warnings = [w for w in body["warnings"] if "too small" in w]
+    assert size_warnings and "look at 32 x 32" in size_warnings[0]
