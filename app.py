@@ -154,7 +154,6 @@ def register_commands(app: Flask) -> None:
 
 
 def register_security(app: Flask) -> None:
-    from web.security import add_security_headers, reject_repeated_api_fields
+    from web.security import add_security_headers
 
-    app.before_request(reject_repeated_api_fields)
     app.after_request(add_security_headers)

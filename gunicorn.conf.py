@@ -66,9 +66,10 @@ def post_worker_init(worker):
         return
 
     def warm():
-        from web.cli import warm_models
+        from web.cli import parse_warm_models, warm_models
 
         with app.app_context():
-            warm_models(app.extensions["inference"], selection, echo=worker.log.info)
+            warm_models(app.extensions["inference"], parse_warm_models(selection),
+                        echo=worker.log.info)
 
     threading.Thread(target=warm, name="warm-models", daemon=True).start()

@@ -53,11 +53,12 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def intra_op_threads(configured: int = 0, workers: int = 1) -> int:
-    """Threads for one forward pass: the configured number, else cores per worker."""
+def intra_op_threads(configured: int = 0) -> int:
+    """Threads for one forward pass: the configured number, else this process's cores
+    (gunicorn.conf.py configures each worker's share)."""
     if configured and configured > 0:
         return int(configured)
-    return max(1, available_cores() // max(1, workers))
+    return available_cores()
 
 
 def normalize_backend(value: str | None) -> str:

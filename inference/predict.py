@@ -83,6 +83,21 @@ def verdict(probability: float, threshold: float) -> tuple[str, float]:
     return NON_COVID, 1.0 - probability
 
 
+def model_result(architecture: str, output: np.ndarray, card: ModelCard,
+                 inference_ms: float = 0.0) -> ModelResult:
+    """One model's output row read as a verdict, with the card's threshold."""
+    probability = covid_probability(output, card)
+    label, confidence = verdict(probability, card.threshold)
+    return ModelResult(
+        architecture=architecture,
+        label=label,
+        covid_probability=round(probability, 6),
+        confidence=round(confidence, 6),
+        inference_ms=round(inference_ms, 2),
+        threshold=card.threshold,
+    )
+
+
 def run_model(loaded: LoadedModel, decoded: DecodedImage) -> ModelResult:
     """Preprocess for this model's card and run it on one image."""
     card = loaded.card
@@ -90,16 +105,7 @@ def run_model(loaded: LoadedModel, decoded: DecodedImage) -> ModelResult:
     batch = prepare(decoded.pixels, card)[None, ...]
     output = loaded.run_batch(batch)[0]
     elapsed_ms = (time.perf_counter() - started) * 1000
-    probability = covid_probability(output, card)
-    label, confidence = verdict(probability, card.threshold)
-    return ModelResult(
-        architecture=loaded.entry.architecture,
-        label=label,
-        covid_probability=round(probability, 6),
-        confidence=round(confidence, 6),
-        inference_ms=round(elapsed_ms, 2),
-        threshold=card.threshold,
-    )
+    return model_result(loaded.entry.architecture, output, card, elapsed_ms)
 
 
 def combine(results: list[ModelResult]) -> Ensemble | None:

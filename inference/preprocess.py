@@ -24,7 +24,6 @@ from .registry import ARCHITECTURES, ModelCard
 
 DEFAULT_MAX_PIXELS = 50_000_000
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
-MIN_USEFUL_SIDE = 32  # smaller images are decoded, with a warning
 
 # Pillow's own bomb guard must never fire before ours: we check the header ourselves
 # against the configured limit and raise a clear 422.
@@ -55,20 +54,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     if not data:
         raise UnusableImage("The uploaded file is empty.")
     if is_dicom(data):
-        decoded = _decode_dicom(data, max_pixels)
-    else:
-        try:
-            decoded = _decode_raster(data, max_pixels)
-        except UnsupportedImage:
-            if not (filename or "").lower().endswith((".dcm", ".dicom")):
-                raise
-            decoded = _decode_dicom(data, max_pixels)
-    height, width = decoded.pixels.shape[:2]
-    if min(height, width) < MIN_USEFUL_SIDE:
-        decoded.warnings.append(
-            f"The image is only {width} x {height} pixels: too small for a meaningful "
-            f"result (at least {MIN_USEFUL_SIDE} pixels a side).")
-    return decoded
+        return _decode_dicom(data, max_pixels)
+    try:
+        return _decode_raster(data, max_pixels)
+    except UnsupportedImage:
+        if not (filename or "").lower().endswith((".dcm", ".dicom")):
+            raise
+        return _decode_dicom(data, max_pixels)
 
 
 def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import preprocess
 from .preprocess import DecodedImage
 from .registry import MODALITIES
 
@@ -54,8 +53,7 @@ def sanity_warnings(decoded: DecodedImage, modality: str,
     pixels = decoded.pixels
     height, width = pixels.shape[:2]
     found = []
-    # Images under the decoder's own minimum already carry its warning.
-    if getattr(preprocess, "MIN_USEFUL_SIDE", 0) <= min(height, width) < MIN_SIDE:
+    if min(height, width) < MIN_SIDE:
         found.append(
             f"The image is only {width} x {height} pixels: far too small for a reliable "
             f"result (the models look at {input_size[1]} x {input_size[0]}). Upload the "

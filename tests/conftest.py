@@ -38,6 +38,15 @@ def tiny_model_dir(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def hostile_models(tmp_path_factory):
+    """CT: VGG16, VGG19 (ResNet50 CT deliberately missing, for the 503 case)."""
+    root = tmp_path_factory.mktemp("hostile_models")
+    for seed, arch in enumerate(["vgg16", "vgg19"]):
+        install(tiny_model(seed=seed), root, arch, "ct", TINY_CARD)
+    return root
+
+
 @pytest.fixture
 def app(tmp_path, tiny_model_dir):
     os.makedirs(tmp_path / "instance", exist_ok=True)

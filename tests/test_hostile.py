@@ -12,21 +12,10 @@ import pytest
 
 from app import create_app
 
-from .conftest import TINY_CARD
 from .conftest import testing_config as make_config
 from .hostile_corpus import CASES, HostileCase, upload, valid_png
-from .model_factory import install, tiny_model
 
 STACK_TRACE_SIGNS = ("Traceback", 'File "', "Error:", "site-packages", "werkzeug")
-
-
-@pytest.fixture(scope="module")
-def hostile_models(tmp_path_factory):
-    """CT: VGG16, VGG19 (ResNet50 CT deliberately missing, for the 503 case)."""
-    root = tmp_path_factory.mktemp("hostile_models")
-    for seed, arch in enumerate(["vgg16", "vgg19"]):
-        install(tiny_model(seed=seed), root, arch, "ct", TINY_CARD)
-    return root
 
 
 @pytest.fixture(scope="module")

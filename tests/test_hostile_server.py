@@ -23,17 +23,6 @@ def hostile_server(tmp_path_factory, hostile_models):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def hostile_models(tmp_path_factory):
-    from .conftest import TINY_CARD
-    from .model_factory import install, tiny_model
-
-    root = tmp_path_factory.mktemp("hostile_server_models")
-    for seed, arch in enumerate(["vgg16", "vgg19"]):
-        install(tiny_model(seed=seed), root, arch, "ct", TINY_CARD)
-    return root
-
-
 def send(url: str, case: HostileCase) -> requests.Response:
     request = case.build()
     headers = {"Content-Type": request.content_type} if request.content_type else {}

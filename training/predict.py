@@ -16,7 +16,7 @@ import numpy as np
 
 from inference.errors import ModelUnavailable, ServiceError
 from inference.loader import ModelCache
-from inference.predict import ModelResult, combine, covid_probability, select_entries, verdict
+from inference.predict import ModelResult, combine, model_result, select_entries
 from inference.preprocess import decode_image, prepare
 from inference.registry import discover, normalize_architecture, normalize_modality
 
@@ -73,40 +73,32 @@ def score_files(files: list[Path], modality: str, model: str, model_dir: str,
     modality = normalize_modality(modality)
     architecture = normalize_architecture(model)
     entries = select_entries(discover(model_dir), modality, architecture)
-    cache = ModelCache(max_loaded=1)  # one model at a time: all images, then the next
+    # Every chosen model stays loaded, so each file is decoded once for all of them.
+    cache = ModelCache(max_loaded=len(entries))
+    models = []
+    for entry in entries:
+        try:
+            models.append(cache.get(entry))
+        except ModelUnavailable as exc:
+            if architecture != "all":
+                raise
+            print(f"{entry.display_name} skipped: {exc.message}", file=sys.stderr)
     per_file: dict[int, list[ModelResult]] = {i: [] for i in range(len(files))}
     errors: dict[int, str] = {}
     rows: list[Row] = []
-    total = len(files) * len(entries)
-    with ThreadPoolExecutor() as pool, tqdm(total=total, unit="image", disable=not progress,
-                                            file=sys.stderr) as bar:
-        for entry in entries:
-            try:
-                loaded = cache.get(entry)
-            except ModelUnavailable as exc:
-                if architecture != "all":
-                    raise
-                print(f"{entry.display_name} skipped: {exc.message}", file=sys.stderr)
-                bar.update(len(files))
-                continue
-            card = loaded.card
-            bar.set_description(entry.display_name)
-            for start in range(0, len(files), batch_size):
-                chunk = list(range(start, min(start + batch_size, len(files))))
-                decoded = list(pool.map(lambda i: decode_file(files[i], max_pixels), chunk))
-                ready = [(i, pixels) for i, (pixels, error) in zip(chunk, decoded) if not error]
-                errors.update({i: error for i, (_, error) in zip(chunk, decoded) if error})
-                if ready:
-                    inputs = np.stack(list(pool.map(lambda item: prepare(item[1], card),
-                                                    ready)))
-                    for (i, _), output in zip(ready, loaded.run_batch(inputs)):
-                        probability = covid_probability(output, card)
-                        label, confidence = verdict(probability, card.threshold)
-                        per_file[i].append(ModelResult(entry.architecture, label,
-                                                       round(probability, 6),
-                                                       round(confidence, 6), 0.0,
-                                                       card.threshold))
-                bar.update(len(chunk))
+    with ThreadPoolExecutor() as pool, tqdm(total=len(files), unit="image",
+                                            disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(files), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(files))))
+            decoded = list(pool.map(lambda i: decode_file(files[i], max_pixels), chunk))
+            ready = [(i, pixels) for i, (pixels, error) in zip(chunk, decoded) if not error]
+            errors.update({i: error for i, (_, error) in zip(chunk, decoded) if error})
+            for loaded in models if ready else []:
+                card = loaded.card
+                inputs = np.stack(list(pool.map(lambda item: prepare(item[1], card), ready)))
+                for (i, _), output in zip(ready, loaded.run_batch(inputs)):
+                    per_file[i].append(model_result(loaded.entry.architecture, output, card))
+            bar.update(len(chunk))
     for i, path in enumerate(files):
         if i in errors:
             rows.append(Row(str(path), architecture, error=errors[i]))

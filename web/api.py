@@ -6,8 +6,10 @@ from extensions import limiter
 from inference.errors import InvalidRequest
 
 from .openapi import openapi_document
+from .security import reject_repeated_api_fields
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+bp.before_request(reject_repeated_api_fields)
 
 
 def inference_service():

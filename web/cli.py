@@ -41,13 +41,14 @@ def parse_warm_models(value: str) -> list[tuple[str | None, str]]:
     return pairs
 
 
-def warm_models(service, selection: str, echo=None) -> int:
-    """Load what ``selection`` (``WARM_MODELS`` syntax) names; returns how many loaded.
+def warm_models(service, selection: list[tuple[str | None, str]], echo=None) -> int:
+    """Load the (modality, architecture) pairs in ``selection``; returns how many loaded.
 
-    A model that cannot load is reported and skipped: the others still warm.
+    A modality of None means both. A model that cannot load is reported and skipped:
+    the others still warm.
     """
     count = 0
-    for modality, architecture in parse_warm_models(selection):
+    for modality, architecture in selection:
         for entry in chosen_entries(service, modality, architecture):
             try:
                 loaded = service.cache.get(entry)
@@ -81,10 +82,8 @@ def list_models(as_json: bool):
 @click.option("--model", "architecture", default="all", help="Architecture or all.")
 def warm(modality, architecture):
     """Load models now so the first request does not wait; print load time and memory."""
-    service = current_app.extensions["inference"]
-    modalities = [modality] if modality else ["ct", "xray"]
-    selection = ",".join(f"{key}:{architecture}" for key in modalities)
-    warm_models(service, selection, echo=click.echo)
+    warm_models(current_app.extensions["inference"], [(modality, architecture)],
+                echo=click.echo)
 
 
 @models_cli.command("compile")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import os
 from datetime import datetime, timezone
@@ -33,6 +34,7 @@ def arch_name(key: str) -> str:
     """``inceptionv3`` -> ``InceptionV3``: the name people know the network by."""
     architecture = ARCHITECTURES.get(key)
     return architecture.name if architecture else key
+
 
 REPORT_IMAGE_SIDE = 384  # pixels: sharp on paper, small enough for a download link
 
@@ -107,15 +109,20 @@ def result_context(decoded, prediction) -> dict:
     }
 
 
+@functools.cache
+def report_css(static_folder: str) -> str:
+    """The report's own stylesheet, read once: it is inlined into every report."""
+    with open(os.path.join(static_folder, "css", "report.css"), encoding="utf-8") as handle:
+        return handle.read()
+
+
 def report_data_uri(context: dict) -> str:
     """The standalone report (one HTML file, images inline) as a download link target.
 
     Uploads are never stored, so the report cannot be fetched later: it travels inside
     the result page and the browser saves it when the link is followed.
     """
-    with open(os.path.join(current_app.static_folder, "css", "report.css"),
-              encoding="utf-8") as handle:
-        css = handle.read()
+    css = report_css(current_app.static_folder)
     heatmaps = {r.architecture: heatmap_jpeg_uri(r.heatmap_png)
                 for r in context["prediction"].results if r.heatmap_png}
     html = render_template("report.html", report_css=css, heatmaps=heatmaps, **context)

@@ -33,10 +33,11 @@ def add_security_headers(response):
 def reject_repeated_api_fields():
     """A field sent twice is ambiguous (which image, which modality?): answer 400.
 
-    Only the API is strict; the pages' forms are parsed by WTForms, which takes the
-    first value. Reading the form here also applies the body size limit (413) early.
+    Registered on the API blueprint only: the pages' forms are parsed by WTForms, which
+    takes the first value. Reading the form here also applies the body size limit
+    (413) early.
     """
-    if request.method != "POST" or not request.path.startswith("/api/"):
+    if request.method != "POST":
         return None
     if request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         return None
