@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from config import Config, TestingConfig  # noqa: F401 - TestingConfig re-exported
 from extensions import csrf, db, limiter
+from web.uploads import InMemoryUploadRequest
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -21,6 +22,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     # read-only code tree, e.g. onto a container volume.
     app = Flask(__name__, instance_relative_config=True,
                 instance_path=os.environ.get("FLASK_INSTANCE_PATH") or None)
+    app.request_class = InMemoryUploadRequest  # uploads never spool to a temporary file
     app.config.from_object(Config)
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env()

@@ -3,18 +3,21 @@
 Each upload carries a unique marker (in a PNG text chunk, a DICOM patient name, a
 broken file); each contact message a unique body. After the requests the temporary
 folders, the instance folder and the model folder are searched for the markers, raw,
-hex- and base64-encoded, and so are the logs. Uploads are large enough for the
-multipart parser to spool them to a temporary file, which must be gone afterwards.
+hex- and base64-encoded, and so are the logs. Uploads are larger than the multipart
+parser's default in-memory limit; an audit hook shows that none is spooled to a
+temporary file, named or unnamed, which a search of the folders could not see.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import logging
 import os
 import re
 import struct
+import sys
 import tempfile
 import time
 import uuid
@@ -23,6 +26,9 @@ from pathlib import Path
 
 import pytest
 import requests
+import werkzeug.formparser
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import encode_multipart
 
 from app import create_app
 
@@ -167,3 +173,73 @@ def test_in_process_logs_carry_no_upload_or_message(tmp_path, privacy_models, ca
         assert needle not in logged
     assert not files_containing([Path(tempfile.gettempdir())], encodings(upload_marker),
                                 started)
+
+
+# Audit hooks cannot be removed: one is installed per process, and records only while
+# a test asks it to.
+_AUDIT = {"installed": False, "events": None}
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+TEMPFILE_EVENTS = {"tempfile.mkstemp", "tempfile.mkdtemp"}
+
+
+def _record_disk_writes(event: str, args: tuple) -> None:
+    events = _AUDIT["events"]
+    if events is None:
+        return
+    if event in TEMPFILE_EVENTS:
+        events.append((event, args[0]))
+    elif event == "open" and isinstance(args[2], int) and args[2] & WRITE_FLAGS:
+        events.append((event, args[0]))  # os.open, open() and TemporaryFile's O_TMPFILE
+
+
+@contextlib.contextmanager
+def disk_writes():
+    """Every file opened for writing, and every temporary file made, inside the block."""
+    if not _AUDIT["installed"]:
+        sys.addaudithook(_record_disk_writes)
+        _AUDIT["installed"] = True
+    events = []
+    _AUDIT["events"] = events
+    try:
+        yield events
+    finally:
+        _AUDIT["events"] = None
+
+
+def post_upload(client, route: str, data: bytes):
+    """Encoded here, in memory: the test client's own encoder spools large bodies."""
+    boundary, body = encode_multipart({"image": FileStorage(io.BytesIO(data), "scan.png"),
+                                       "modality": "ct", "model": "vgg16"})
+    return client.post("/api/v1/predict" if route == "api" else "/", data=body,
+                       content_type=f"multipart/form-data; boundary={boundary}")
+
+
+@pytest.mark.parametrize("route", ["api", "page"])
+def test_large_upload_opens_no_file_for_writing(client, scan_png, route):
+    data = png_with_marker(new_marker())
+    assert len(data) > 1 << 20  # twice Werkzeug's in-memory limit for a file part
+    assert post_upload(client, route, scan_png).status_code == 200  # models loaded
+    with disk_writes() as events:
+        response = post_upload(client, route, data)
+    assert response.status_code == 200
+    assert events == []
+    with disk_writes() as events:
+        tempfile.TemporaryFile().close()
+    assert events  # the recorder sees an unnamed temporary file
+
+
+@pytest.mark.parametrize("route", ["api", "page"])
+def test_large_upload_succeeds_where_no_temporary_file_can_be_made(client, scan_png, route,
+                                                                  monkeypatch):
+    assert post_upload(client, route, scan_png).status_code == 200  # models loaded
+
+    def refuse(*_args, **_kwargs):
+        raise OSError("no temporary files here")
+
+    for name in ("TemporaryFile", "SpooledTemporaryFile", "NamedTemporaryFile",
+                 "mkstemp", "mkdtemp"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    for name in ("TemporaryFile", "SpooledTemporaryFile"):  # bound at Werkzeug's import
+        monkeypatch.setattr(werkzeug.formparser, name, refuse, raising=False)
+    response = post_upload(client, route, png_with_marker(new_marker()))
+    assert response.status_code == 200
