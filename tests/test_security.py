@@ -230,6 +230,14 @@ def test_contact_and_upload_page_rate_limits_answer_a_friendly_429_page(make_app
         assert "Too many requests" in response.get_data(as_text=True)
 
 
+@pytest.mark.parametrize("first, then", [("/", "/api/v1/predict"), ("/api/v1/predict", "/")])
+def test_upload_page_and_api_share_one_prediction_budget(make_app, first, then):
+    client = make_app(RATELIMIT_ENABLED=True, PREDICT_RATE_LIMIT="3 per minute").test_client()
+    statuses = [client.post(path, data=predict_form()).status_code
+                for path in (first, first, then, then)]
+    assert statuses == [200, 200, 200, 429]
+
+
 def test_health_probes_are_never_rate_limited(make_app):
     client = make_app(RATELIMIT_ENABLED=True).test_client()
     assert {client.get("/healthz").status_code for _ in range(100)} == {200}

@@ -6,7 +6,7 @@ from extensions import limiter
 from inference.errors import InvalidRequest
 
 from .openapi import openapi_document
-from .security import reject_repeated_api_fields
+from .security import PREDICT_LIMIT_SCOPE, predict_limit, reject_repeated_api_fields
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(reject_repeated_api_fields)
@@ -14,10 +14,6 @@ bp.before_request(reject_repeated_api_fields)
 
 def inference_service():
     return current_app.extensions["inference"]
-
-
-def predict_limit() -> str:
-    return current_app.config["PREDICT_RATE_LIMIT"]
 
 
 TRUE_VALUES, FALSE_VALUES = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
@@ -39,7 +35,7 @@ def list_models():
 
 
 @bp.post("/predict")
-@limiter.limit(predict_limit)
+@limiter.shared_limit(predict_limit, scope=PREDICT_LIMIT_SCOPE)
 def predict():
     upload = request.files.get("image")
     if upload is None:

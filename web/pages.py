@@ -17,6 +17,7 @@ from inference.predict import DISCLAIMER
 from inference.registry import ARCHITECTURES, MODALITIES
 
 from .forms import UploadForm
+from .security import PREDICT_LIMIT_SCOPE, predict_limit
 
 bp = Blueprint("pages", __name__)
 
@@ -130,10 +131,6 @@ def report_data_uri(context: dict) -> str:
         base64.b64encode(html.encode("utf-8")).decode("ascii")
 
 
-def predict_limit() -> str:
-    return current_app.config["PREDICT_RATE_LIMIT"]
-
-
 @bp.get("/")
 def index():
     return render_template("index.html", form=UploadForm(), slots=model_slots(),
@@ -141,7 +138,7 @@ def index():
 
 
 @bp.post("/")
-@limiter.limit(predict_limit)
+@limiter.shared_limit(predict_limit, scope=PREDICT_LIMIT_SCOPE)
 def analyse():
     form = UploadForm()
     if not form.validate_on_submit():

@@ -1,6 +1,7 @@
-"""Security headers on every response and strict parsing of API form fields."""
+"""Security headers on every response, strict parsing of API form fields, and the
+prediction rate limit that the upload page and the API share."""
 
-from flask import request
+from flask import current_app, request
 
 from inference.errors import InvalidRequest
 
@@ -15,6 +16,15 @@ CONTENT_SECURITY_POLICY = "; ".join([
     "form-action 'self'",
     "frame-ancestors 'none'",
 ])
+
+
+# The page and the API run the same models: one budget per client covers both, so
+# neither is a way around the other's limit.
+PREDICT_LIMIT_SCOPE = "predict"
+
+
+def predict_limit() -> str:
+    return current_app.config["PREDICT_RATE_LIMIT"]
 
 
 def add_security_headers(response):
