@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 
 from flask import Flask
 from sqlalchemy.exc import OperationalError
 
 from config import Config, TestingConfig  # noqa: F401 - TestingConfig re-exported
 from extensions import csrf, db, limiter
+from web.secret_key import ensure_secret_key
 from web.uploads import InMemoryUploadRequest
 
 
@@ -29,7 +29,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     if test_config:
         app.config.from_mapping(test_config)
     os.makedirs(app.instance_path, exist_ok=True)
-    _ensure_secret_key(app)
+    ensure_secret_key(app)
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
         app.config["SQLALCHEMY_DATABASE_URI"] = (
             "sqlite:///" + os.path.join(app.instance_path, "contact.sqlite3"))
@@ -42,58 +42,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     register_security(app)
     logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
     return app
-
-
-# Keys that appear in this repository or in tutorials: anyone could forge sessions.
-PUBLISHED_SECRET_KEYS = {"test-only-secret", "dev", "secret", "changeme", "change-me"}
-
-
-def _ensure_secret_key(app: Flask) -> None:
-    """Never run with a fixed key: make a random one once and keep it in the instance."""
-    configured = app.config.get("SECRET_KEY")
-    if configured:
-        if configured in PUBLISHED_SECRET_KEYS and not app.testing:
-            raise RuntimeError("SECRET_KEY is a published example value: unset it to get a "
-                               "random key kept in the instance folder, or set your own.")
-        return
-    path = os.path.join(app.instance_path, "secret_key")
-    key = _read_key(path) or _create_key(path)
-    app.config["SECRET_KEY"] = key
-
-
-def _read_key(path: str) -> str:
-    try:
-        with open(path, encoding="ascii") as handle:
-            return handle.read().strip()
-    except FileNotFoundError:
-        return ""
-
-
-def _create_key(path: str) -> str:
-    """Write a new key so that concurrent first starts (several workers) agree on one.
-
-    The key is written to a private temporary file and hard-linked into place: the
-    link is atomic and fails when another process won, whose key is then used.
-    """
-    candidate = secrets.token_hex(32)
-    scratch = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(candidate)
-        handle.flush()
-        os.fsync(handle.fileno())
-    try:
-        os.link(scratch, path)
-    except FileExistsError:
-        if not _read_key(path):  # an empty or blank file left by hand: replace it
-            os.replace(scratch, path)
-            return candidate
-    except OSError:  # a filesystem without hard links: plain rename, last one wins
-        os.replace(scratch, path)
-    finally:
-        if os.path.exists(scratch):
-            os.unlink(scratch)
-    return _read_key(path)
 
 
 def register_extensions(app: Flask) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import app as app_module
 from app import create_app
 from contact.models import ContactMessage
 from extensions import db
+from web import secret_key
 
 from .conftest import TINY_CARD
 from .conftest import testing_config as make_config
@@ -289,7 +289,7 @@ def test_concurrent_first_starts_agree_on_one_key(tmp_path):
 
     def start():
         barrier.wait()
-        keys.append(app_module._read_key(path) or app_module._create_key(path))
+        keys.append(secret_key.read_key(path) or secret_key.create_key(path))
 
     threads = [threading.Thread(target=start) for _ in range(8)]
     for thread in threads:
@@ -300,7 +300,7 @@ def test_concurrent_first_starts_agree_on_one_key(tmp_path):
     assert os.listdir(tmp_path) == ["secret_key"]  # no scratch files left
 
 
-@pytest.mark.parametrize("published", sorted(app_module.PUBLISHED_SECRET_KEYS))
+@pytest.mark.parametrize("published", sorted(secret_key.PUBLISHED_SECRET_KEYS))
 def test_published_secret_keys_are_refused_outside_tests(make_app, published):
     with pytest.raises(RuntimeError, match="published"):
         make_app(SECRET_KEY=published, TESTING=False)
