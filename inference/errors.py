@@ -1,15 +1,13 @@
-"""Errors that carry the HTTP status and a user-facing message.
+"""What can go wrong with a request, said for the person who sent it.
 
-The service layer raises these; the API turns them into JSON and the pages into a
-friendly error page, so no route needs its own try/except ladder.
+The service layer raises these and knows nothing of HTTP: the web edge
+(``web/errors.py``) maps each class to a status and an error code, so no route needs
+its own try/except ladder and the CLI and training tools share the same errors.
 """
 
 
 class ServiceError(Exception):
-    """Base class: ``status`` and ``code`` travel to the client, ``message`` is shown."""
-
-    status = 500
-    code = "internal_error"
+    """Base class: ``message`` is shown to the user as it is."""
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -17,20 +15,16 @@ class ServiceError(Exception):
 
 
 class InvalidRequest(ServiceError):
-    status = 400
-    code = "invalid_request"
+    """A field is missing, repeated or not one of its allowed values."""
 
 
 class UnsupportedImage(ServiceError):
-    status = 415
-    code = "unsupported_media_type"
+    """The file is not an image format the app can decode."""
 
 
 class UnusableImage(ServiceError):
-    status = 422
-    code = "unprocessable_image"
+    """The image decodes but cannot be analysed: empty, too many pixels, no pixel data."""
 
 
 class ModelUnavailable(ServiceError):
-    status = 503
-    code = "model_unavailable"
+    """The chosen model is not installed or cannot load."""

@@ -9,9 +9,20 @@ from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from inference.errors import ServiceError
+from inference.errors import (InvalidRequest, ModelUnavailable, ServiceError, UnsupportedImage,
+                              UnusableImage)
 
 log = logging.getLogger(__name__)
+
+# Domain errors as HTTP answers them: (status, code). The inference layer knows nothing
+# of HTTP; a subclass without its own row answers as its nearest listed ancestor.
+DOMAIN_ERRORS: dict[type[ServiceError], tuple[int, str]] = {
+    ServiceError: (500, "internal_error"),
+    InvalidRequest: (400, "invalid_request"),
+    UnsupportedImage: (415, "unsupported_media_type"),
+    UnusableImage: (422, "unprocessable_image"),
+    ModelUnavailable: (503, "model_unavailable"),
+}
 
 _HTTP_CODES = {
     400: "invalid_request",
@@ -21,6 +32,14 @@ _HTTP_CODES = {
     429: "rate_limited",
     500: "internal_error",
 }
+
+
+def status_and_code(exc: ServiceError) -> tuple[int, str]:
+    """(HTTP status, error code) for a domain error, from the nearest class in its MRO."""
+    for cls in type(exc).__mro__:
+        if cls in DOMAIN_ERRORS:
+            return DOMAIN_ERRORS[cls]
+    return DOMAIN_ERRORS[ServiceError]
 
 
 def wants_json() -> bool:
@@ -63,7 +82,7 @@ def stack_without_messages(exc: BaseException) -> str:
 def register(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(*status_and_code(exc), exc.message)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

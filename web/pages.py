@@ -9,6 +9,7 @@ from inference.errors import ServiceError
 from inference.predict import DISCLAIMER
 from inference.registry import ARCHITECTURES, MODALITIES
 
+from .errors import status_and_code
 from .forms import UploadForm
 from .report import report_data_uri, result_context
 from .security import PREDICT_LIMIT_SCOPE, predict_limit
@@ -59,8 +60,9 @@ def analyse():
             upload.read(), form.modality.data, form.model.data, filename=upload.filename,
             explain=bool(form.explain.data))
     except ServiceError as exc:
+        status, _code = status_and_code(exc)
         return render_template("index.html", form=form, slots=model_slots(),
-                               modalities=MODALITIES, error=exc.message), exc.status
+                               modalities=MODALITIES, error=exc.message), status
     context = result_context(decoded, prediction,
                              inference_service().entries_for(prediction.modality))
     return render_template("result.html", report_uri=report_data_uri(context), **context)

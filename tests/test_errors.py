@@ -1,0 +1,48 @@
+"""Domain errors carry no HTTP: the web edge alone turns them into statuses and codes."""
+
+from __future__ import annotations
+
+import inspect
+import io
+
+import pytest
+
+import inference.errors
+from inference.errors import ServiceError, UnusableImage
+
+
+def domain_error_classes() -> list[type]:
+    return [cls for _name, cls in inspect.getmembers(inference.errors, inspect.isclass)
+            if issubclass(cls, ServiceError)]
+
+
+def test_domain_errors_say_nothing_about_http():
+    classes = domain_error_classes()
+    assert len(classes) == 5
+    for cls in classes:
+        error = cls("message")
+        assert not hasattr(error, "status") and not hasattr(error, "code"), cls.__name__
+
+
+class StaleStatusImage(UnusableImage):
+    """An error that still names its own status: the edge must not listen to it."""
+
+    status = 418
+    code = "teapot"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/predict", "/"])
+def test_the_web_edge_alone_chooses_the_status(client, monkeypatch, scan_png, path):
+    def refuse(*_args, **_kwargs):
+        raise StaleStatusImage("The image has no usable pixels.")
+
+    monkeypatch.setattr(client.application.extensions["inference"], "analyse", refuse)
+    response = client.post(path, data={"image": (io.BytesIO(scan_png), "scan.png"),
+                                       "modality": "ct", "model": "vgg16"},
+                           content_type="multipart/form-data")
+    assert response.status_code == 422
+    if path == "/":
+        assert "The image has no usable pixels." in response.get_data(as_text=True)
+    else:
+        assert response.get_json()["error"] == {"code": "unprocessable_image",
+                                                "message": "The image has no usable pixels."}
