@@ -69,10 +69,18 @@ class Prediction:
 
 
 def covid_probability(output: np.ndarray, card: ModelCard) -> float:
-    """Read one model output row: a single sigmoid unit, or softmax over the classes."""
+    """Read one model output row: softmax over the card's classes, or a single sigmoid
+    unit, which is P(classes[1]) as Keras trains it. ValueError when the row does not
+    fit the card."""
+    from .registry import check_output_width
+
     values = np.asarray(output, dtype=np.float64).ravel()
+    problem = check_output_width(card, values.size)
+    if problem:
+        raise ValueError(problem)
     if values.size == 1:
-        return float(np.clip(values[0], 0.0, 1.0))
+        p_second = float(np.clip(values[0], 0.0, 1.0))
+        return p_second if card.covid_index == 1 else 1.0 - p_second
     return float(np.clip(values[card.covid_index], 0.0, 1.0))
 
 
@@ -105,7 +113,13 @@ def run_model(loaded: LoadedModel, decoded: DecodedImage) -> ModelResult:
     batch = prepare(decoded.pixels, card)[None, ...]
     output = loaded.run_batch(batch)[0]
     elapsed_ms = (time.perf_counter() - started) * 1000
-    return model_result(loaded.entry.architecture, output, card, elapsed_ms)
+    try:
+        return model_result(loaded.entry.architecture, output, card, elapsed_ms)
+    except ValueError as exc:  # a card that does not fit its model: that model is out
+        entry = loaded.entry
+        which = (f"its model card {entry.path.with_suffix('.json').name}"
+                 if entry.card_signature else "the published defaults (it has no card)")
+        raise ModelUnavailable(f"{entry.path.name} does not fit {which}: {exc}.") from exc
 
 
 def combine(results: list[ModelResult]) -> Ensemble | None:
@@ -174,12 +188,12 @@ def predict(decoded: DecodedImage, modality: str, architecture: str,
     for entry in chosen:
         try:
             loaded = cache.get(entry)
+            result = run_model(loaded, decoded)
         except ModelUnavailable as exc:
             if architecture != "all":
                 raise
             warnings.append(f"{entry.display_name} skipped: {exc.message}")
             continue
-        result = run_model(loaded, decoded)
         if explain:
             add_heatmap(result, loaded, decoded, warnings)
         results.append(result)

@@ -9,6 +9,7 @@ card beside each file. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,64 @@ def model_relpath(arch: str, modality: str) -> str:
     return f"{arch}/{model_filename(arch, modality)}"
 
 
+def covid_positions(classes) -> list[int]:
+    """Indices of the class names that mean COVID (``COVID``, ``covid-19``, ``positive``)."""
+    names = ("".join(ch for ch in str(name).lower() if ch.isalnum()) for name in classes)
+    return [i for i, name in enumerate(names) if name in ("covid", "covid19", "positive")]
+
+
+def _classes(value) -> tuple[str, ...]:
+    """At least two unique names in output order, exactly one of them COVID."""
+    if value is None:
+        return DEFAULT_CLASSES
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError(f"classes must be a list of names, not {value!r}")
+    if len(value) < 2 or len(set(value)) != len(value):
+        raise ValueError(f"classes must be at least 2 unique names, not {value!r}")
+    found = covid_positions(value)
+    if len(found) != 1:
+        raise ValueError(f"classes must name COVID exactly once (COVID, COVID-19 or "
+                         f"positive), not {value!r}")
+    return tuple(value)
+
+
+def _input_size(value) -> tuple[int, int]:
+    if value is None:
+        return (224, 224)
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(type(v) is int and v >= 8 for v in value)):
+        raise ValueError(f"input_size must be [height, width], whole numbers of at least 8, "
+                         f"not {value!r}")
+    return (value[0], value[1])
+
+
+def _choice(name: str, value, choices: tuple[str, ...], default: str) -> str:
+    if value is None:
+        return default
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}: use one of {', '.join(choices)}")
+    return value
+
+
+def _threshold(value) -> float:
+    """A finite number strictly between 0 and 1: 0 or 1 would make one label unreachable."""
+    if type(value) not in (int, float) or not math.isfinite(value) or not 0 < value < 1:
+        raise ValueError(f"threshold must be a number between 0 and 1 (exclusive), "
+                         f"not {value!r}")
+    return float(value)
+
+
+def check_output_width(card: "ModelCard", width: int) -> str | None:
+    """Why the model's output does not fit the card's classes, or None when it does.
+
+    One sigmoid unit stands for two classes (it is the probability of ``classes[1]``).
+    """
+    if width == len(card.classes) or (width == 1 and len(card.classes) == 2):
+        return None
+    return (f"{len(card.classes)} classes ({', '.join(card.classes)}) are listed but the "
+            f"model gives {width} output{'s' if width != 1 else ''}")
+
+
 @dataclass
 class ModelCard:
     """What a model expects and how it did. Defaults are the published ones."""
@@ -102,39 +161,33 @@ class ModelCard:
 
     @property
     def covid_index(self) -> int:
-        """Position of the COVID class in the model's output."""
-        for i, name in enumerate(self.classes):
-            normalized = name.lower().replace("-", "").replace("_", "").replace(" ", "")
-            if normalized in ("covid", "covid19", "positive"):
-                return i
-        return len(self.classes) - 1
+        """Position of the COVID class in the model's output; a card must name it."""
+        found = covid_positions(self.classes)
+        if not found:
+            raise ValueError(f"no COVID class among {list(self.classes)!r}")
+        return found[0]
 
     @classmethod
     def load(cls, path: Path, arch: str, modality: str) -> "ModelCard":
-        """Read a card file; missing keys fall back to the published defaults."""
+        """Read and check a card file (ValueError says what is wrong); missing keys fall
+        back to the published defaults, present ones must be valid."""
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise ValueError("model card must be a JSON object")
         known = {"architecture", "modality", "classes", "input_size", "preprocessing",
                  "resize", "threshold", "metrics"}
-        card = cls(
+        return cls(
             architecture=arch,
             modality=modality,
-            classes=tuple(data.get("classes") or DEFAULT_CLASSES),
-            input_size=tuple(int(v) for v in data.get("input_size") or (224, 224)),
-            preprocessing=str(data.get("preprocessing") or "rescale"),
-            resize=str(data.get("resize") or "bilinear"),
-            threshold=float(data.get("threshold", 0.5)),
+            classes=_classes(data.get("classes")),
+            input_size=_input_size(data.get("input_size")),
+            preprocessing=_choice("preprocessing", data.get("preprocessing"),
+                                  PREPROCESSING_CHOICES, "rescale"),
+            resize=_choice("resize", data.get("resize"), RESIZE_CHOICES, "bilinear"),
+            threshold=_threshold(data.get("threshold", 0.5)),
             metrics=data.get("metrics") or {},
             extra={k: v for k, v in data.items() if k not in known},
         )
-        if card.preprocessing not in PREPROCESSING_CHOICES:
-            raise ValueError(f"unknown preprocessing {card.preprocessing!r}")
-        if card.resize not in RESIZE_CHOICES:
-            raise ValueError(f"unknown resize {card.resize!r}")
-        if len(card.input_size) != 2 or min(card.input_size) < 8:
-            raise ValueError(f"bad input_size {card.input_size!r}")
-        return card
 
     def to_json(self) -> dict:
         return {
@@ -159,6 +212,9 @@ class ModelEntry:
     path: Path | None
     card: ModelCard
     card_error: str | None = None
+    # (mtime_ns, size) of the card file, None without one: part of the model cache's key,
+    # so an edited card takes effect on the next request.
+    card_signature: tuple[int, int] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -192,6 +248,29 @@ def _index_files(model_dir: Path) -> dict[str, Path]:
     return index
 
 
+def default_card(arch: str, modality: str) -> ModelCard:
+    """The published defaults, for a model file without a card."""
+    return ModelCard(arch, modality, input_size=ARCHITECTURES[arch].default_input_size)
+
+
+def _read_card(path: Path, arch: str, modality: str
+               ) -> tuple[ModelCard, str | None, tuple[int, int] | None]:
+    """(card, error, signature) for the model file at ``path``. With an error the card is
+    only a placeholder: the error makes the model unavailable."""
+    card_path = path.with_suffix(".json")
+    if not card_path.is_file():
+        return default_card(arch, modality), None, None
+    try:
+        stat = card_path.stat()
+    except OSError as exc:
+        return default_card(arch, modality), f"{card_path.name}: {exc.strerror}", None
+    signature = (stat.st_mtime_ns, stat.st_size)
+    try:
+        return ModelCard.load(card_path, arch, modality), None, signature
+    except (ValueError, TypeError, OSError, RecursionError) as exc:
+        return default_card(arch, modality), f"{card_path.name}: {exc}", signature
+
+
 def discover(model_dir: str | os.PathLike) -> list[ModelEntry]:
     """Every known (modality, architecture) slot, installed or not, in a stable order."""
     model_dir = Path(model_dir)
@@ -200,17 +279,11 @@ def discover(model_dir: str | os.PathLike) -> list[ModelEntry]:
     for modality in MODALITIES:
         for arch in ARCHITECTURES:
             path = index.get(model_relpath(arch, modality).lower())
-            card = ModelCard(arch, modality,
-                             input_size=ARCHITECTURES[arch].default_input_size)
-            card_error = None
-            if path is not None:
-                card_path = path.with_suffix(".json")
-                if card_path.is_file():
-                    try:
-                        card = ModelCard.load(card_path, arch, modality)
-                    except (ValueError, TypeError, OSError) as exc:
-                        card_error = f"{card_path.name}: {exc}"
-            entries.append(ModelEntry(modality, arch, path, card, card_error))
+            if path is None:
+                entries.append(ModelEntry(modality, arch, None, default_card(arch, modality)))
+                continue
+            card, error, signature = _read_card(path, arch, modality)
+            entries.append(ModelEntry(modality, arch, path, card, error, signature))
     return entries
 
 

@@ -44,6 +44,22 @@ def tiny_model(input_size=(32, 32), outputs: int = 2, seed: int = 0, keras_modul
     return keras_module.Model(inputs, out)
 
 
+def constant_model(probability: float, outputs: int = 2, input_size=(32, 32)):
+    """A tiny model whose answer ignores the image: the last Dense has a zero kernel and
+    a bias chosen so that the last output unit is ``probability`` (softmax or sigmoid)."""
+    model = tiny_model(input_size=input_size, outputs=outputs)
+    head = model.layers[-1]
+    kernel, _ = head.get_weights()
+    bias = np.zeros(outputs, dtype=np.float32)
+    logit = float(np.log(probability / (1.0 - probability)))
+    if outputs == 1:
+        bias[0] = logit
+    else:  # softmax: the last unit against the others, all of them at zero
+        bias[-1] = logit + float(np.log(outputs - 1))
+    head.set_weights([np.zeros_like(kernel), bias])
+    return model
+
+
 def install(model, model_dir: Path, arch: str, modality: str, card: dict | None = None) -> Path:
     """Save ``model`` under ``model_dir`` in the published layout, with an optional card."""
     path = Path(model_dir) / model_relpath(arch, modality)

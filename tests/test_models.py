@@ -138,6 +138,20 @@ def test_sigmoid_and_softmax_outputs_are_read_correctly():
     assert covid_probability(np.array([0.9, 0.1]), reversed_card) == pytest.approx(0.9)
 
 
+def test_single_sigmoid_unit_is_the_probability_of_classes_1():
+    covid_first = ModelCard("vgg16", "ct", classes=("COVID", "NonCOVID"))
+    assert covid_probability(np.array([0.3]), covid_first) == pytest.approx(0.7)
+    assert covid_probability(np.array([0.3]), ModelCard("vgg16", "ct")) == pytest.approx(0.3)
+
+
+def test_output_that_does_not_fit_the_card_is_refused():
+    three = ModelCard("vgg16", "ct", classes=("NonCOVID", "COVID", "Pneumonia"))
+    with pytest.raises(ValueError, match="3 classes"):
+        covid_probability(np.array([0.2, 0.8]), three)
+    with pytest.raises(ValueError, match="gives 3 outputs"):
+        covid_probability(np.array([0.1, 0.2, 0.7]), ModelCard("vgg16", "ct"))
+
+
 def test_sigmoid_model_end_to_end(tmp_path):
     model = tiny_model(outputs=1, seed=4)
     install(model, tmp_path, "vgg19", "xray", CARD_32)
