@@ -21,6 +21,11 @@ DISCLAIMER = (
     "treat or triage anyone."
 )
 COVID, NON_COVID = "COVID", "Non-COVID"
+ENSEMBLE_RULE = "mean_margin"
+ENSEMBLE_RULE_DESCRIPTION = (
+    "COVID when the models' probabilities are, on average, at or above their own "
+    "thresholds (mean of probability - threshold >= 0)."
+)
 
 
 @dataclass
@@ -42,10 +47,13 @@ class ModelResult:
 @dataclass
 class Ensemble:
     label: str
-    covid_probability: float
+    covid_probability: float  # the mean, shown; the label follows ``margin``
     agreement: float  # share of models that agree with the combined label
     agreeing: int
     total: int
+    margin: float  # mean over models of (probability - that model's threshold)
+    rule: str = ENSEMBLE_RULE
+    rule_description: str = ENSEMBLE_RULE_DESCRIPTION
 
 
 @dataclass
@@ -123,14 +131,18 @@ def run_model(loaded: LoadedModel, decoded: DecodedImage) -> ModelResult:
 
 
 def combine(results: list[ModelResult]) -> Ensemble | None:
-    """Mean COVID probability over models, labelled at 0.5, and how many agree."""
+    """The combined verdict by the mean margin rule (each model measured against its own
+    threshold, so models whose thresholds differ are weighed fairly), the mean COVID
+    probability, and how many models agree."""
     if len(results) < 2:
         return None
     mean = float(np.mean([r.covid_probability for r in results]))
-    label = COVID if mean >= 0.5 else NON_COVID
+    margin = float(np.mean([r.covid_probability - r.threshold for r in results]))
+    # Rounded before comparing so float noise on an exact tie does not flip the label.
+    label = COVID if round(margin, 9) >= 0 else NON_COVID
     agreeing = sum(1 for r in results if r.label == label)
     return Ensemble(label, round(mean, 6), round(agreeing / len(results), 4), agreeing,
-                    len(results))
+                    len(results), round(margin, 6) + 0.0)
 
 
 def select_entries(entries: list[ModelEntry], modality: str, architecture: str

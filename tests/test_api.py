@@ -64,8 +64,10 @@ def test_predict_all_models_has_ensemble(client, scan_png):
     ensemble = body["ensemble"]
     probabilities = [r["covid_probability"] for r in body["results"]]
     assert ensemble["covid_probability"] == pytest.approx(sum(probabilities) / 3, abs=1e-5)
-    assert ensemble["label"] == ("COVID" if ensemble["covid_probability"] >= 0.5
-                                 else "Non-COVID")
+    margins = [r["covid_probability"] - r["threshold"] for r in body["results"]]
+    assert ensemble["margin"] == pytest.approx(sum(margins) / 3, abs=1e-5)
+    assert ensemble["rule"] == "mean_margin" and "threshold" in ensemble["rule_description"]
+    assert ensemble["label"] == ("COVID" if ensemble["margin"] >= 0 else "Non-COVID")
     agreeing = sum(r["label"] == ensemble["label"] for r in body["results"])
     assert ensemble["agreeing"] == agreeing
     assert ensemble["agreement"] == pytest.approx(agreeing / 3, abs=1e-3)

@@ -97,10 +97,26 @@ def openapi_document() -> dict:
                                            "items": {"$ref": "#/components/schemas/Result"}},
                                "ensemble": {"type": "object", "properties": {
                                    "label": {"type": "string"},
-                                   "covid_probability": {"type": "number"},
+                                   "covid_probability": {
+                                       "type": "number",
+                                       "description": "Mean of the models' COVID "
+                                                      "probabilities"},
                                    "agreement": {"type": "number"},
                                    "agreeing": {"type": "integer"},
-                                   "total": {"type": "integer"}}},
+                                   "total": {"type": "integer"},
+                                   "margin": {
+                                       "type": "number",
+                                       "description": "Mean over models of (COVID "
+                                                      "probability - that model's "
+                                                      "threshold); the label is COVID "
+                                                      "when it is >= 0"},
+                                   "rule": {"type": "string", "enum": ["mean_margin"],
+                                            "description": "Stable id of the rule that "
+                                                           "gives the label"},
+                                   "rule_description": {"type": "string"}},
+                                   "description": "Only with more than one result: the "
+                                                  "combined verdict, each model measured "
+                                                  "against its own threshold"},
                                "warnings": {
                                    "type": "array", "items": {"type": "string"},
                                    "description": "Reasons to doubt the result, never "
