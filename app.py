@@ -12,7 +12,7 @@ from flask import Flask
 from sqlalchemy.exc import OperationalError
 
 from config import Config, TestingConfig  # noqa: F401 - TestingConfig re-exported
-from extensions import csrf, db, limiter
+from extensions import csrf, db, inference, limiter
 from web.secret_key import ensure_secret_key
 from web.uploads import InMemoryUploadRequest
 
@@ -57,22 +57,11 @@ def register_extensions(app: Flask) -> None:
             # Workers starting together on a new database race to create the tables;
             # the loser finds them made. Any other failure repeats and is raised here.
             db.create_all()
+        contact.models.add_missing_columns(db.engine)  # until schema migrations exist
 
 
 def register_services(app: Flask) -> None:
-    from inference.service import InferenceService
-
-    app.extensions["inference"] = InferenceService(
-        model_dir=app.config["MODEL_DIR"],
-        max_loaded=int(app.config["MAX_LOADED_MODELS"]),
-        threads=int(app.config["INFERENCE_THREADS"]),
-        max_pixels=int(app.config["MAX_IMAGE_PIXELS"]),
-        backend=app.config["INFERENCE_BACKEND"],
-        convert_in_background=bool(app.config["ONNX_CONVERT_IN_BACKGROUND"]),
-        onnx_cache_dir=app.config["ONNX_CACHE_DIR"],
-        jit_compile=bool(app.config["INFERENCE_JIT_COMPILE"]),
-        concurrency=int(app.config["INFERENCE_CONCURRENCY"]),
-    )
+    inference.init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:

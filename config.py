@@ -19,7 +19,9 @@ class Config:
     # Forward passes: auto (ONNX Runtime where its cached conversion measured faster),
     # keras (compiled graph) or onnx (ONNX Runtime whenever a conversion exists).
     INFERENCE_BACKEND = "auto"
-    ONNX_CONVERT_IN_BACKGROUND = True  # else only `flask models compile` converts
+    # Convert models for ONNX Runtime as soon as they are seen (a low-priority child
+    # process, one at a time across workers); else only `flask models compile` does.
+    PREPARE_MODELS = True
     ONNX_CACHE_DIR = None  # None: beside each model file
     INFERENCE_JIT_COMPILE = False  # XLA for the Keras graph
     INFERENCE_CONCURRENCY = 1  # forward passes at once per process (each uses all threads)
@@ -37,6 +39,12 @@ class Config:
     MAIL_PASSWORD = None
     MAIL_SENDER = "noreply@localhost"
     CONTACT_RECIPIENT = None
+    # A sender's hold on a message while it sends it; after a crash, the message is sent
+    # again once this expires. Longer than the slowest SMTP exchange (10 s timeouts).
+    CONTACT_FORWARD_LEASE_S = 300
+    # First retry after a failed send, doubling per failure up to the maximum.
+    CONTACT_FORWARD_RETRY_S = 30
+    CONTACT_FORWARD_RETRY_MAX_S = 3600
 
     # Rate limits (Flask-Limiter).
     RATELIMIT_ENABLED = True
@@ -56,4 +64,4 @@ class TestingConfig(Config):
     WTF_CSRF_ENABLED = False
     RATELIMIT_ENABLED = False
     SECRET_KEY = "test-only-secret"
-    ONNX_CONVERT_IN_BACKGROUND = False  # tests convert explicitly
+    PREPARE_MODELS = False  # tests convert explicitly

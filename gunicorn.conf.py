@@ -14,15 +14,9 @@ Override with the environment: ``WEB_CONCURRENCY`` (workers), ``GUNICORN_THREADS
 import os
 import threading
 
+from inference.runtime import available_cores  # cheap: no TensorFlow
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-CORES = _cores()
+CORES = available_cores()
 CORES_PER_WORKER = 4  # where batch-1 convolutions stop scaling well on CPU
 
 workers = int(os.environ.get("WEB_CONCURRENCY") or max(1, CORES // CORES_PER_WORKER))
@@ -59,9 +53,13 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Load ``WARM_MODELS`` in the background: the worker answers meanwhile."""
+    """Start preparing models, and load ``WARM_MODELS``, in the background: the worker
+    answers meanwhile."""
     app = worker.wsgi
-    selection = getattr(app, "config", {}).get("WARM_MODELS")
+    config = getattr(app, "config", {})
+    if config.get("PREPARE_MODELS"):
+        app.extensions["inference"].start_preparation()
+    selection = config.get("WARM_MODELS")
     if not selection:
         return
 

@@ -118,7 +118,7 @@ def main() -> None:
     instance = tempfile.mkdtemp(prefix="covid-bench-instance-")
     env = dict(os.environ, GUNICORN_BIND=f"127.0.0.1:{port}", FLASK_MODEL_DIR=args.model_dir,
                FLASK_INSTANCE_PATH=instance, FLASK_RATELIMIT_ENABLED="false",
-               FLASK_INFERENCE_BACKEND=args.backend, FLASK_ONNX_CONVERT_IN_BACKGROUND="false",
+               FLASK_INFERENCE_BACKEND=args.backend, FLASK_PREPARE_MODELS="false",
                FLASK_WARM_MODELS=f"{modality}:{args.arch}", TF_CPP_MIN_LOG_LEVEL="3")
     server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
                                "app:create_app()"], cwd=ROOT, env=env,

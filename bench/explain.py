@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from inference.dicom import decode_dicom  # noqa: E402
 from inference.explain import build_gradcam, explain, overlay, png_base64  # noqa: E402
-from inference.preprocess import DecodedImage  # noqa: E402
+from inference.image import DecodedImage  # noqa: E402
 from inference.registry import ModelCard  # noqa: E402
 from inference.sanity import sanity_warnings  # noqa: E402
 from tests import dicom_factory as make  # noqa: E402

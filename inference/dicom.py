@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 
 from .errors import UnsupportedImage, UnusableImage
-from .preprocess import DecodedImage, _check_size, gray_to_rgb, stretch_to_uint8
+from .image import DecodedImage, check_size, gray_to_rgb, stretch_to_uint8
 
 LUNG_WINDOW = (-600.0, 1500.0)  # centre, width in HU
 MAX_FRAMES_PIXELS_FACTOR = 4  # a multi-frame file may hold 4x the single-image limit
@@ -61,7 +61,7 @@ def decode_dicom(data: bytes, max_pixels: int, frame: int | None = None) -> Deco
         frames = int(dataset.get("NumberOfFrames", 1) or 1)
     except (AttributeError, TypeError, ValueError) as exc:
         raise UnsupportedImage("The DICOM file has no valid image size.") from exc
-    _check_size(columns, rows, max_pixels)
+    check_size(columns, rows, max_pixels)
     if frames < 1 or frames * rows * columns > MAX_FRAMES_PIXELS_FACTOR * max_pixels:
         raise UnusableImage("The DICOM file holds too many frames to process.")
     index = frames // 2 if frame is None else min(max(int(frame), 0), frames - 1)

@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .errors import ModelUnavailable
-from .loader import LoadedModel, ModelCache
-from .preprocess import DecodedImage, prepare
+from .cache import LoadedModel, ModelCache
+from .image import DecodedImage
+from .preprocess import prepare
 from .registry import MODALITIES, ModelCard, ModelEntry, entries_for
 from .sanity import sanity_warnings
 
@@ -114,15 +115,17 @@ def model_result(architecture: str, output: np.ndarray, card: ModelCard,
     )
 
 
-def run_model(loaded: LoadedModel, decoded: DecodedImage) -> ModelResult:
-    """Preprocess for this model's card and run it on one image."""
+def run_model(loaded: LoadedModel, decoded: DecodedImage
+              ) -> tuple[ModelResult, np.ndarray | None]:
+    """Preprocess for this model's card and run it on one image: the result, and the
+    last feature map of that pass (for a heatmap; None when the runner has none)."""
     card = loaded.card
     started = time.perf_counter()
     batch = prepare(decoded.pixels, card)[None, ...]
-    output = loaded.run_batch(batch)[0]
+    outputs, features = loaded.run_with_features(batch)
     elapsed_ms = (time.perf_counter() - started) * 1000
     try:
-        return model_result(loaded.entry.architecture, output, card, elapsed_ms)
+        return model_result(loaded.entry.architecture, outputs[0], card, elapsed_ms), features
     except ValueError as exc:  # a card that does not fit its model: that model is out
         entry = loaded.entry
         which = (f"its model card {entry.path.with_suffix('.json').name}"
@@ -173,12 +176,13 @@ def modality_warnings(decoded: DecodedImage, modality: str) -> list[str]:
 
 
 def add_heatmap(result: ModelResult, loaded: LoadedModel, decoded: DecodedImage,
-                warnings: list[str]) -> None:
-    """Attach a Grad-CAM heatmap; a model that cannot be explained still answers."""
+                warnings: list[str], features: np.ndarray | None = None) -> None:
+    """Attach a Grad-CAM heatmap (from the prediction's own feature map when there is
+    one); a model that cannot be explained still answers."""
     from .explain import ExplainError, explain
 
     try:
-        result.heatmap_png, result.explain_ms = explain(loaded, decoded)
+        result.heatmap_png, result.explain_ms = explain(loaded, decoded, features)
     except ExplainError as exc:
         log.warning("no heatmap for %s: %s", loaded.entry.display_name, exc)
         warnings.append(f"No heatmap for {loaded.entry.display_name}: {exc}.")
@@ -200,14 +204,14 @@ def predict(decoded: DecodedImage, modality: str, architecture: str,
     for entry in chosen:
         try:
             loaded = cache.get(entry)
-            result = run_model(loaded, decoded)
+            result, features = run_model(loaded, decoded)
         except ModelUnavailable as exc:
             if architecture != "all":
                 raise
             warnings.append(f"{entry.display_name} skipped: {exc.message}")
             continue
         if explain:
-            add_heatmap(result, loaded, decoded, warnings)
+            add_heatmap(result, loaded, decoded, warnings, features)
         results.append(result)
     if not results:
         raise ModelUnavailable("None of the installed models could be loaded: "

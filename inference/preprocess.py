@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UnsupportedImage, UnusableImage
+from .image import DecodedImage, check_size, gray_to_rgb, stretch_to_uint8
 from .registry import ARCHITECTURES, ModelCard
 
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -28,16 +28,6 @@ IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 # Pillow's own bomb guard must never fire before ours: we check the header ourselves
 # against the configured limit and raise a clear 422.
 Image.MAX_IMAGE_PIXELS = None
-
-
-@dataclass
-class DecodedImage:
-    """An upload reduced to 8-bit RGB, plus what was learnt on the way."""
-
-    pixels: np.ndarray  # (H, W, 3) uint8
-    source_format: str  # "PNG", "JPEG", ..., "DICOM"
-    warnings: list[str] = field(default_factory=list)
-    dicom_modality: str | None = None  # CT, CR, DX... when the upload was DICOM
 
 
 def is_dicom(data: bytes) -> bool:
@@ -78,7 +68,7 @@ def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
         raise UnsupportedImage(
             "The file is not a readable image: upload a PNG, JPEG, BMP, TIFF or DICOM file."
         ) from exc
-    _check_size(image.width, image.height, max_pixels)
+    check_size(image.width, image.height, max_pixels)
     try:
         image = ImageOps.exif_transpose(image) or image
         rgb = to_rgb(image)
@@ -89,16 +79,6 @@ def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
             "The image could not be decoded: the file is truncated or corrupt."
         ) from exc
     return DecodedImage(pixels=rgb, source_format=image.format or "PNG")
-
-
-def _check_size(width: int, height: int, max_pixels: int) -> None:
-    if width < 1 or height < 1:
-        raise UnusableImage("The image has no pixels.")
-    if width * height > max_pixels:
-        raise UnusableImage(
-            f"The image is {width} x {height} pixels, more than the limit of "
-            f"{max_pixels:,} pixels. Downscale it and try again."
-        )
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
@@ -114,23 +94,6 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         image = Image.alpha_composite(background, image)
     array = np.asarray(image.convert("RGB"), dtype=np.uint8)
     return np.ascontiguousarray(array)
-
-
-def stretch_to_uint8(array: np.ndarray) -> np.ndarray:
-    """Linearly map the array's own min..max to 0..255 (flat images become black)."""
-    array = np.asarray(array, dtype=np.float64)
-    finite = np.isfinite(array)
-    if not finite.any():
-        return np.zeros(array.shape, dtype=np.uint8)
-    low, high = float(array[finite].min()), float(array[finite].max())
-    if high <= low:
-        return np.zeros(array.shape, dtype=np.uint8)
-    scaled = (np.where(finite, array, low) - low) * (255.0 / (high - low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
 
 
 _CV2_INTERPOLATION = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .preprocess import DecodedImage
+from .image import DecodedImage
 from .registry import MODALITIES
 
 MIN_SIDE = 128  # pixels: the models see 224 x 224, so smaller images are blown up

@@ -1,10 +1,19 @@
-"""The inference service one app holds: model folder, cache and limits in one place."""
+"""The inference service one app holds: model folder, cache, preparation and limits.
+
+Pages, the API and the command line all go through this object; none of them reaches
+into the cache or the converter directly.
+"""
 
 from __future__ import annotations
 
-from .loader import ModelCache
+from pathlib import Path
+
+from .cache import LoadedModel, ModelCache
+from .image import DecodedImage
+from .onnx_cache import folder_lock
 from .predict import Prediction, predict
-from .preprocess import DecodedImage, decode_image
+from .preparation import Preparer, convert_entry
+from .preprocess import decode_image
 from .registry import (ModelEntry, discover, entries_for, normalize_architecture,
                        normalize_modality)
 
@@ -13,16 +22,38 @@ class InferenceService:
     """Discovers models on each call (so dropped-in files appear) and caches loads."""
 
     def __init__(self, model_dir: str, max_loaded: int = 4, threads: int = 0,
-                 max_pixels: int = 50_000_000, **cache_options):
+                 max_pixels: int = 50_000_000, backend: str = "auto",
+                 onnx_cache_dir: str | None = None, jit_compile: bool = False,
+                 concurrency: int = 1):
         self.model_dir = model_dir
         self.max_pixels = max_pixels
-        self.cache = ModelCache(max_loaded=max_loaded, threads=threads, **cache_options)
+        self.threads = threads
+        self.onnx_cache_dir = onnx_cache_dir or None
+        self.cache = ModelCache(max_loaded=max_loaded, threads=threads, backend=backend,
+                                onnx_cache_dir=onnx_cache_dir, jit_compile=jit_compile,
+                                concurrency=concurrency)
+        self.preparer = Preparer(model_dir, self.onnx_cache_dir, threads)
+
+    def start_preparation(self) -> None:
+        """Convert models for ONNX Runtime in the background, as soon as they appear."""
+        if self.cache.uses_onnx:
+            self.preparer.start()
 
     def entries(self) -> list[ModelEntry]:
         return discover(self.model_dir)
 
     def entries_for(self, modality: str) -> list[ModelEntry]:
         return entries_for(self.entries(), modality)
+
+    def load(self, entry: ModelEntry) -> LoadedModel:
+        """The model ready to serve (loaded now if it was not)."""
+        return self.cache.get(entry)
+
+    def convert(self, entry: ModelEntry, force: bool = False):
+        """Convert one model now, after any conversion in progress elsewhere (the same
+        folder lock as background preparation: one conversion at a time)."""
+        with folder_lock(Path(self.model_dir)):
+            return convert_entry(entry, self.onnx_cache_dir, self.threads, force)
 
     def analyse(self, data: bytes, modality: str | None, model: str | None,
                 filename: str | None = None, explain: bool = False
@@ -38,26 +69,40 @@ class InferenceService:
 
     def describe(self) -> list[dict]:
         """Every model slot, for ``GET /api/v1/models`` and the pages."""
-        described = []
-        for entry in self.entries():
-            card = entry.card
-            described.append({
-                "modality": entry.modality,
-                "architecture": entry.architecture,
-                "name": entry.display_name,
-                "available": entry.available,
-                "loaded": entry.available and self.cache.is_loaded(entry),
-                "file": entry.expected_relpath if entry.path is None
-                else entry.path.relative_to(self.model_dir).as_posix(),
-                "classes": list(card.classes),
-                "input_size": list(card.input_size),
-                "preprocessing": card.preprocessing,
-                "threshold": card.threshold,
-                "metrics": card.metrics,
-                "card_error": entry.card_error,
-                **self._runtime(entry),
-            })
-        return described
+        return [self._describe(entry) for entry in self.entries()]
+
+    def _describe(self, entry: ModelEntry) -> dict:
+        card = entry.card
+        return {
+            "modality": entry.modality,
+            "architecture": entry.architecture,
+            "name": entry.display_name,
+            "available": entry.available,
+            "loaded": entry.available and self.cache.is_loaded(entry),
+            "file": entry.expected_relpath if entry.path is None
+            else entry.path.relative_to(self.model_dir).as_posix(),
+            "classes": list(card.classes),
+            "input_size": list(card.input_size),
+            "preprocessing": card.preprocessing,
+            "threshold": card.threshold,
+            "metrics": card.metrics,
+            "card_error": entry.card_error or self._fit_error(entry),
+            "preparation": self._preparation(entry),
+            **self._runtime(entry),
+        }
+
+    def _fit_error(self, entry: ModelEntry) -> str | None:
+        loaded = self.cache.loaded_model(entry) if entry.available else None
+        return loaded.card_error if loaded is not None else None
+
+    def _preparation(self, entry: ModelEntry) -> str | None:
+        """``ready`` (converted), ``converting``, ``waiting`` or ``failed: ...``."""
+        if not entry.available or entry.card_error or not self.cache.uses_onnx:
+            return None
+        try:
+            return self.preparer.status(entry)
+        except OSError:
+            return None
 
     def _runtime(self, entry: ModelEntry) -> dict:
         """Backend, load time and memory of a loaded model (None while not loaded)."""

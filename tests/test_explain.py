@@ -12,7 +12,7 @@ from PIL import Image
 
 from inference.explain import (ExplainError, build_gradcam, explain, find_target_path,
                                overlay)
-from inference.preprocess import DecodedImage
+from inference.image import DecodedImage
 from inference.registry import ModelCard
 
 from .conftest import testing_config

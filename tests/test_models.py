@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from inference.errors import ModelUnavailable
-from inference.loader import ModelCache
+from inference.cache import ModelCache
 from inference.predict import covid_probability
 from inference.preprocess import decode_image, prepare
 from inference.registry import ModelCard, discover

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from inference.dicom import LUNG_WINDOW, window
-from inference.preprocess import DecodedImage, gray_to_rgb
+from inference.image import DecodedImage, gray_to_rgb
 from inference.sanity import sanity_warnings
 
 from .dicom_factory import hu_phantom

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from inference.loader import load_keras_model
+from inference.runners import load_keras_model
 from inference.predict import verdict
 from inference.preprocess import decode_image, prepare
 from inference.registry import ModelCard, discover

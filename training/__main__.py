@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "modality", None) == "cxr":
         args.modality = "xray"
     from inference.errors import ServiceError
-    from inference.loader import ModelLoadError
+    from inference.runners import ModelLoadError
 
     from .datasets import DatasetError
 

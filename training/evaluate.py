@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.loader import load_keras_model
+from inference.runners import load_keras_model
 from inference.predict import covid_probability
 from inference.registry import ARCHITECTURES, MODALITY_ALIASES, ModelCard
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.loader import import_tensorflow
+from inference.runtime import import_tensorflow
 from inference.preprocess import decode_image, prepare
 from inference.registry import ModelCard
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.errors import ModelUnavailable, ServiceError
-from inference.loader import ModelCache
+from inference.cache import ModelCache
 from inference.predict import ModelResult, combine, model_result, select_entries
 from inference.preprocess import decode_image, prepare
 from inference.registry import discover, normalize_architecture, normalize_modality

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.loader import import_tensorflow
+from inference.runtime import import_tensorflow
 from inference.registry import ARCHITECTURES, MODALITY_ALIASES, ModelCard, model_relpath
 
 from .datasets import CLASSES, load_dataset, parse_class_map, split_dataset

@@ -51,7 +51,7 @@ def warm_models(service, selection: list[tuple[str | None, str]], echo=None) -> 
     for modality, architecture in selection:
         for entry in chosen_entries(service, modality, architecture):
             try:
-                loaded = service.cache.get(entry)
+                loaded = service.load(entry)
             except ModelUnavailable as exc:
                 if echo:
                     echo(f"{entry.modality:5} {entry.architecture:12} failed: {exc.message}")
@@ -93,10 +93,12 @@ def warm(modality, architecture):
 def compile_models(modality, architecture, force):
     """Convert models to ONNX ahead of serving, checked against Keras (1e-4).
 
-    The file is cached beside the model as <stem>.<sha256[:16]>.onnx; the server picks
-    it up on its next load of that model.
+    The file is cached beside the model as <stem>.<sha256[:16]>.v<N>.onnx; the server
+    serves it from its next request for that model. A running server also converts
+    new models by itself in the background (PREPARE_MODELS).
     """
-    from inference.backends import ConversionRefused, conversion_supported
+    from inference.onnx_cache import ConversionRefused
+    from inference.runners import conversion_supported
 
     if not conversion_supported():
         raise click.ClickException("ONNX conversion needs onnx, onnxruntime and tf2onnx.")
@@ -105,7 +107,7 @@ def compile_models(modality, architecture, force):
     for entry in chosen_entries(service, modality, architecture):
         label = f"{entry.modality:5} {entry.architecture:12}"
         try:
-            path, report, converted = service.cache.convert(entry, force=force)
+            path, report, converted = service.convert(entry, force=force)
         except ConversionRefused as exc:
             failures += 1
             click.echo(f"{label} refused: {exc}")

@@ -1,0 +1,74 @@
+"""The process's compute resources: cores, thread pools, TensorFlow, memory.
+
+Everything that sizes or inspects this process lives here, so the serving code,
+the training tool and ``gunicorn.conf.py`` agree on one answer. Importing this module
+is cheap: TensorFlow is imported by ``import_tensorflow`` only, on first use.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import threading
+
+log = logging.getLogger(__name__)
+
+_tf_lock = threading.Lock()
+_tf_configured = False
+
+
+def available_cores() -> int:
+    """The cores this process may use (its CPU affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def intra_op_threads(configured: int = 0) -> int:
+    """Threads for one forward pass: the configured number, else this process's cores
+    (gunicorn.conf.py configures each worker's share)."""
+    if configured and configured > 0:
+        return int(configured)
+    return available_cores()
+
+
+def import_tensorflow(threads: int = 0):
+    """Import TensorFlow once, setting its thread pools before the first op runs."""
+    global _tf_configured
+    with _tf_lock:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        if not _tf_configured:
+            intra = intra_op_threads(threads)
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(intra)
+                tf.config.threading.set_inter_op_parallelism_threads(1 if intra <= 2 else 2)
+            except RuntimeError:  # already initialised by someone else: keep theirs
+                log.debug("TensorFlow threads were already configured")
+            _tf_configured = True
+        return tf
+
+
+def resident_memory_mb() -> float:
+    """This process's resident set size, from /proc (Linux) or resource (elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def release_freed_memory() -> None:
+    """Collect, then hand freed heap pages back to the system (glibc keeps them)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
