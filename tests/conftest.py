@@ -26,6 +26,46 @@ def testing_config(tmp_path, **overrides) -> dict:
 
 testing_config.__test__ = False  # a helper, not a test, despite its name
 
+pytest_plugins = ["pytester"]  # tests of the CI rule below run pytest on small files
+
+
+def ci_run() -> str:
+    """The ``CI`` variable when it asks for a full run ("", "0" and "false" do not)."""
+    value = os.environ.get("CI", "")
+    return "" if value.strip().lower() in ("", "0", "false") else value
+
+
+def must_run_in_ci(item, reason: str) -> bool:
+    """Browser and ONNX tests: skipped in CI, they would hide a missing tool."""
+    return (item is not None and item.get_closest_marker("e2e") is not None) \
+        or "onnx" in reason.lower()
+
+
+def fail_skip_in_ci(report, item=None) -> None:
+    """Turn a skip of a test that CI must run into a failure that says why."""
+    if not ci_run() or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if must_run_in_ci(item, reason):
+        report.outcome = "failed"
+        report.longrepr = (f"CI={ci_run()} runs every browser and ONNX test, but this one "
+                           f"was skipped: {reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    fail_skip_in_ci(outcome.get_result(), item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A whole module skipped at import (``importorskip("onnx")``) counts too."""
+    outcome = yield
+    fail_skip_in_ci(outcome.get_result())
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):

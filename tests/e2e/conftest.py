@@ -3,7 +3,7 @@
 The server runs the production configuration: CSRF on, rate limits on. Every page
 is opened at phone (390 x 844) and desktop (1280 x 800) size; screenshots go to
 test-artifacts/screenshots/. Chromium must be at /usr/bin/chromium (``.ci/run``
-installs it); without it these tests skip and say why.
+installs it); without it these tests skip and say why, and under ``CI`` fail the run.
 """
 
 from __future__ import annotations
