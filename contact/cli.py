@@ -44,9 +44,9 @@ def list_messages(as_json: bool):
 
 @contact_cli.command("forward")
 def forward():
-    """Retry forwarding stored messages by SMTP."""
+    """Forward stored messages now, including those waiting for a retry or given up on."""
     if not smtp_configured():
         raise click.ClickException("SMTP is not configured (FLASK_MAIL_SERVER, "
                                    "FLASK_CONTACT_RECIPIENT).")
-    sent, failed = forward_pending(limit=1000)
+    sent, failed = forward_pending(limit=1000, force=True)
     click.echo(f"forwarded {sent}, failed {failed}")

@@ -1,24 +1,35 @@
 """Forward stored messages by SMTP when it is configured; failures are retried later.
 
 The database row is written first, so a failed or slow mail server never loses a
-message: rows without ``forwarded_at`` are retried here and by ``flask contact forward``.
+message. ``forward_pending()`` is the one unit of work, run by the background forwarder,
+by ``flask contact forward`` or by any job, inside an app context.
+
+Each row is claimed before it is sent: one conditional UPDATE sets a lease
+(``claimed_until``) and a random ``claim_token``, and only the caller whose UPDATE
+changed the row sends it, so threads, processes and replicas sharing the database never
+send a message twice. A sender that dies mid-send leaves a lease that expires, after
+which the row is sent again: at least once on a crash, exactly once otherwise. After a
+failure the lease is kept as the time of the next retry (exponential back-off), shared
+by every sender.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import smtplib
+from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import func, or_, select, update
 
 from extensions import db
 
 from .models import CATEGORIES, ContactMessage, utcnow
 
 log = logging.getLogger(__name__)
-MAX_ATTEMPTS = 10
+MAX_ATTEMPTS = 10  # automatic tries; `flask contact forward` retries beyond them
 
 
 def smtp_configured() -> bool:
@@ -50,27 +61,100 @@ def send(email: EmailMessage) -> None:
         smtp.send_message(email)
 
 
-def forward_pending(limit: int = 20) -> tuple[int, int]:
-    """Try to send up to ``limit`` unforwarded messages. Returns (sent, failed)."""
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands stored times back naive; they were written in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next try after ``attempts`` failures: doubling, capped."""
+    config = current_app.config
+    first = float(config["CONTACT_FORWARD_RETRY_S"])
+    return min(first * 2 ** max(0, attempts - 1), float(config["CONTACT_FORWARD_RETRY_MAX_S"]))
+
+
+def claimable(now: datetime, force: bool):
+    """Unsent rows nobody holds; ``force`` also takes rows waiting for their retry."""
+    free = [ContactMessage.claimed_until.is_(None), ContactMessage.claimed_until < now]
+    if force:
+        free.append(ContactMessage.claim_token.is_(None))  # not mid-send
+    return ContactMessage.forwarded_at.is_(None), or_(*free)
+
+
+def claim(row_id: int, *, force: bool = False) -> str | None:
+    """Take the row for one send; the token when this caller won it, else None."""
+    now, token = utcnow(), secrets.token_hex(16)
+    lease = timedelta(seconds=float(current_app.config["CONTACT_FORWARD_LEASE_S"]))
+    result = db.session.execute(
+        update(ContactMessage)
+        .where(ContactMessage.id == row_id, *claimable(now, force))
+        .values(claimed_until=now + lease, claim_token=token,
+                forward_attempts=ContactMessage.forward_attempts + 1)
+        .execution_options(synchronize_session=False))
+    db.session.commit()
+    return token if result.rowcount == 1 else None
+
+
+def settle(row_id: int, token: str, error: Exception | None, attempts: int) -> None:
+    """Record the outcome: forwarded, or failed and held until its next retry."""
+    row = ContactMessage.id == row_id
+    if error is None:
+        statement = update(ContactMessage).where(row, ContactMessage.forwarded_at.is_(None)) \
+            .values(forwarded_at=utcnow(), claimed_until=None, claim_token=None,
+                    last_error=None)
+    else:
+        retry_at = utcnow() + timedelta(seconds=retry_delay(attempts))
+        statement = update(ContactMessage).where(row, ContactMessage.claim_token == token) \
+            .values(claimed_until=retry_at, claim_token=None,
+                    last_error=f"{type(error).__name__}: {error}"[:300])
+    db.session.execute(statement.execution_options(synchronize_session=False))
+    db.session.commit()
+
+
+def forward_one(row_id: int, *, force: bool = False) -> bool | None:
+    """Claim and send one row: True sent, False failed, None held by someone else."""
+    token = claim(row_id, force=force)
+    if token is None:
+        return None
+    row = db.session.get(ContactMessage, row_id, populate_existing=True)
+    email, attempts = build_email(row), row.forward_attempts
+    db.session.commit()  # no transaction stays open during the SMTP exchange
+    try:
+        send(email)
+    except (OSError, smtplib.SMTPException) as exc:
+        log.warning("contact message %s not forwarded yet: %s", row_id, type(exc).__name__)
+        settle(row_id, token, exc, attempts)
+        return False
+    settle(row_id, token, None, attempts)
+    return True
+
+
+def forward_pending(limit: int = 20, *, force: bool = False) -> tuple[int, int]:
+    """Send up to ``limit`` claimable messages. Returns (sent, failed).
+
+    ``force`` (the CLI) also retries rows waiting for their back-off or past
+    ``MAX_ATTEMPTS``, never a row another sender holds mid-send.
+    """
     if not smtp_configured():
         return 0, 0
-    rows = db.session.scalars(
-        select(ContactMessage)
-        .where(ContactMessage.forwarded_at.is_(None),
-               ContactMessage.forward_attempts < MAX_ATTEMPTS)
-        .order_by(ContactMessage.id).limit(limit)).all()
+    query = select(ContactMessage.id).where(*claimable(utcnow(), force))
+    if not force:
+        query = query.where(ContactMessage.forward_attempts < MAX_ATTEMPTS)
+    row_ids = db.session.scalars(query.order_by(ContactMessage.id).limit(limit)).all()
     sent = failed = 0
-    for row in rows:
-        row.forward_attempts += 1
-        try:
-            send(build_email(row))
-        except (OSError, smtplib.SMTPException) as exc:
-            row.last_error = f"{type(exc).__name__}: {exc}"[:300]
-            failed += 1
-            log.warning("contact message %s not forwarded yet: %s", row.id, type(exc).__name__)
-        else:
-            row.forwarded_at = utcnow()
-            row.last_error = None
-            sent += 1
-        db.session.commit()
+    for row_id in row_ids:
+        outcome = forward_one(row_id, force=force)
+        sent += outcome is True
+        failed += outcome is False
     return sent, failed
+
+
+def next_due() -> datetime | None:
+    """When a pending row can next be claimed: now, later, or None if none is pending."""
+    pending = (ContactMessage.forwarded_at.is_(None),
+               ContactMessage.forward_attempts < MAX_ATTEMPTS)
+    free = select(ContactMessage.id).where(*pending, ContactMessage.claimed_until.is_(None))
+    if db.session.scalar(free.limit(1)) is not None:
+        return utcnow()
+    earliest = db.session.scalar(select(func.min(ContactMessage.claimed_until)).where(*pending))
+    return as_utc(earliest) if earliest else None

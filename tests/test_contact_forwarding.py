@@ -1,0 +1,290 @@
+"""Contact forwarding against a real SMTP server (aiosmtpd) on loopback.
+
+The visitor's request only stores the message; a background forwarder sends it. Each
+row is claimed before it is sent, so several app instances sharing one database (as
+workers and replicas do) send every message exactly once. Waits below poll with a
+generous deadline only so that a broken build fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from email import message_from_bytes
+from email.policy import default as default_policy
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import inspect, select
+
+from app import create_app
+from contact.forwarder import forwarder_for
+from contact.mailer import MAX_ATTEMPTS, claim, forward_pending
+from contact.models import ContactMessage, add_missing_columns, utcnow
+from extensions import db
+
+from .conftest import testing_config
+
+MARKER = re.compile(rb"FWD-[0-9a-f]{12}-\d+")
+DEADLINE_S = 60
+
+
+class Inbox:
+    """aiosmtpd handler: keeps every mail; DATA waits while ``gate`` is closed."""
+
+    def __init__(self):
+        self.messages: list[bytes] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.receiving = threading.Event()
+
+    async def handle_DATA(self, server, session, envelope):
+        self.receiving.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.gate.wait)
+        self.messages.append(envelope.content)
+        return "250 Message accepted for delivery"
+
+    def markers(self) -> Counter:
+        """How many mails carried each marker (a mail counts once per marker)."""
+        found = (set(MARKER.findall(mail)) for mail in list(self.messages))
+        return Counter(marker.decode() for markers in found for marker in markers)
+
+
+class MailServer:
+    def __init__(self):
+        self.inbox = Inbox()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.controller = None
+
+    def start(self):
+        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port,
+                                     ready_timeout=30)
+        self.controller.start()
+
+    def stop(self):
+        self.inbox.gate.set()
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+
+@pytest.fixture
+def mail():
+    server = MailServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+class Apps:
+    """App instances sharing one SQLite file, as workers or replicas share a database."""
+
+    def __init__(self, tmp_path, port):
+        self.tmp_path, self.port, self.made = tmp_path, port, []
+
+    def new(self, **overrides):
+        config = dict(MAIL_SERVER="127.0.0.1", MAIL_PORT=self.port, MAIL_USE_TLS=False,
+                      CONTACT_RECIPIENT="team@example.org", CONTACT_FORWARD_RETRY_S=0.2,
+                      CONTACT_FORWARD_RETRY_MAX_S=1)
+        config.update(overrides)
+        app = create_app(testing_config(self.tmp_path, **config))
+        self.made.append(app)
+        return app
+
+    def stop_forwarders(self):
+        for app in self.made:
+            forwarder = app.extensions.get("contact_forwarder")
+            if forwarder is not None:
+                forwarder.stop()
+
+
+@pytest.fixture
+def apps(tmp_path, mail):
+    made = Apps(tmp_path, mail.port)
+    yield made
+    made.stop_forwarders()
+
+
+def new_marker(i: int = 0) -> str:
+    return f"FWD-{uuid.uuid4().hex[:12]}-{i}"
+
+
+def fields(subject: str) -> dict:
+    return {"name": "Ana Souza", "email": "ana@example.org", "category": "bug",
+            "subject": subject, "message": "The heatmap did not show for ResNet50."}
+
+
+def rows(app) -> list[ContactMessage]:
+    with app.app_context():
+        found = db.session.scalars(select(ContactMessage).order_by(ContactMessage.id)).all()
+        db.session.expunge_all()
+        return found
+
+
+def wait_until(predicate) -> bool:
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def all_forwarded(app, count: int) -> bool:
+    found = rows(app)
+    return len(found) == count and all(row.forwarded_at for row in found)
+
+
+def store(app, subject: str, **columns) -> int:
+    with app.app_context():
+        row = ContactMessage(**fields(subject), **columns)
+        db.session.add(row)
+        db.session.commit()
+        return row.id
+
+
+def test_post_returns_while_the_mail_server_is_blocked(mail, apps):
+    app = apps.new()
+    marker = new_marker()
+    mail.inbox.gate.clear()  # the server will not answer DATA until released
+    response = app.test_client().post("/contact", data=fields(marker))
+    assert response.status_code == 302
+    assert mail.inbox.receiving.wait(DEADLINE_S)  # the forwarder is mid-send, after the answer
+    (row,) = rows(app)
+    assert row.forwarded_at is None and row.claim_token is not None
+    mail.inbox.gate.set()
+    assert wait_until(lambda: all_forwarded(app, 1))
+    (row,) = rows(app)
+    # Its one attempt succeeded, though the server only answered after the response.
+    assert (row.forward_attempts, row.last_error, row.claim_token) == (1, None, None)
+    assert mail.inbox.markers() == {marker: 1}
+
+
+def test_concurrent_posts_to_several_instances_are_each_mailed_once(mail, apps):
+    instances = [apps.new() for _ in range(4)]
+    markers = [new_marker(i) for i in range(60)]
+
+    def post(i: int) -> int:
+        client = instances[i % len(instances)].test_client()
+        return client.post("/contact", data=fields(markers[i])).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        assert list(pool.map(post, range(len(markers)))) == [302] * len(markers)
+    assert wait_until(lambda: all_forwarded(instances[0], len(markers)))
+    apps.stop_forwarders()
+    assert mail.inbox.markers() == {marker: 1 for marker in markers}
+    assert {row.forward_attempts for row in rows(instances[0])} == {1}
+
+
+def test_failed_send_keeps_the_message_and_sends_it_once_smtp_is_back(mail, apps):
+    mail.stop()  # nothing listens: connections are refused
+    app = apps.new(CONTACT_FORWARD_RETRY_MAX_S=2)  # tries left while the server restarts
+    marker = new_marker()
+    assert app.test_client().post("/contact", data=fields(marker)).status_code == 302
+    assert wait_until(lambda: rows(app)[0].last_error is not None)
+    (row,) = rows(app)
+    assert row.forwarded_at is None and "ConnectionRefusedError" in row.last_error
+    mail.start()
+    assert wait_until(lambda: all_forwarded(app, 1))  # retried by the forwarder alone
+    apps.stop_forwarders()
+    (row,) = rows(app)
+    assert row.forward_attempts >= 2 and row.last_error is None
+    assert mail.inbox.markers() == {marker: 1}
+
+
+def test_only_one_claim_wins(apps):
+    app = apps.new()
+    row_id = store(app, new_marker())
+    with app.app_context():
+        first, second = claim(row_id), claim(row_id)
+    assert first is not None and second is None
+    (row,) = rows(app)
+    assert row.claim_token == first and row.forward_attempts == 1
+
+
+def test_live_lease_is_respected_and_expired_lease_reclaimed(mail, apps):
+    app = apps.new()
+    marker = new_marker()
+    row_id = store(app, marker, claim_token="another-sender",
+                   claimed_until=utcnow() + timedelta(minutes=5), forward_attempts=1)
+    with app.app_context():
+        assert forward_pending() == (0, 0)  # someone else is sending it
+        assert forward_pending(force=True) == (0, 0)  # even the CLI waits for that sender
+    assert mail.inbox.markers() == {}
+    with app.app_context():  # that sender died: its lease runs out
+        db.session.get(ContactMessage, row_id).claimed_until = utcnow() - timedelta(seconds=1)
+        db.session.commit()
+        assert forward_pending() == (1, 0)
+        assert forward_pending() == (0, 0) and claim(row_id) is None  # sent: never again
+    assert mail.inbox.markers() == {marker: 1}
+    assert rows(app)[0].forward_attempts == 2
+
+
+def test_cli_forward_sends_waiting_and_given_up_messages(mail, apps):
+    app = apps.new()
+    later = utcnow() + timedelta(minutes=5)
+    fresh, waiting, given_up, busy = (new_marker(i) for i in range(4))
+    store(app, fresh)
+    store(app, waiting, claimed_until=later, forward_attempts=1, last_error="OSError: x")
+    store(app, given_up, forward_attempts=MAX_ATTEMPTS, last_error="OSError: x")
+    store(app, busy, claimed_until=later, claim_token="mid-send", forward_attempts=1)
+    with app.app_context():
+        assert forward_pending() == (1, 0)  # automatic: only the fresh one
+    result = app.test_cli_runner().invoke(args=["contact", "forward"])
+    assert "forwarded 2, failed 0" in result.output
+    assert mail.inbox.markers() == {fresh: 1, waiting: 1, given_up: 1}
+    email = message_from_bytes(mail.inbox.messages[0], policy=default_policy)
+    assert email["To"] == "team@example.org" and email["Reply-To"] == "ana@example.org"
+    assert email["Subject"] == f"[Bug report] {fresh}"
+    assert "The heatmap did not show for ResNet50." in email.get_content()
+
+
+def test_cli_forward_without_smtp_says_so(apps):
+    app = apps.new(MAIL_SERVER=None)
+    result = app.test_cli_runner().invoke(args=["contact", "forward"])
+    assert result.exit_code != 0 and "SMTP is not configured" in result.output
+
+
+OLD_SCHEMA = """CREATE TABLE contact_messages (
+    id INTEGER NOT NULL PRIMARY KEY, created_at DATETIME, name VARCHAR(100) NOT NULL,
+    email VARCHAR(254) NOT NULL, phone VARCHAR(40), category VARCHAR(20) NOT NULL,
+    subject VARCHAR(150) NOT NULL, message TEXT NOT NULL, forwarded_at DATETIME,
+    forward_attempts INTEGER NOT NULL, last_error VARCHAR(300))"""
+
+
+def test_an_older_database_gains_the_claim_columns(tmp_path, mail, apps):
+    marker = new_marker()
+    with sqlite3.connect(tmp_path / "test.sqlite3") as old:
+        old.execute(OLD_SCHEMA)
+        old.execute("INSERT INTO contact_messages VALUES (1, '2024-05-01 10:00:00.000000', "
+                    "'Ana', 'ana@example.org', NULL, 'bug', ?, 'A stored message.', NULL, 0, "
+                    "NULL)", (marker,))
+    app = apps.new()
+    with app.app_context():
+        columns = {c["name"] for c in inspect(db.engine).get_columns("contact_messages")}
+        assert {"claimed_until", "claim_token"} <= columns
+        assert add_missing_columns(db.engine) == []  # a second start changes nothing
+        assert forward_pending() == (1, 0)
+    assert mail.inbox.markers() == {marker: 1}
+
+
+def test_stopping_the_forwarder_sends_what_is_stored_first(mail, apps):
+    app = apps.new()
+    markers = [new_marker(i) for i in range(3)]
+    client = app.test_client()
+    for marker in markers:
+        assert client.post("/contact", data=fields(marker)).status_code == 302
+    forwarder_for(app).stop()
+    assert not forwarder_for(app).thread.is_alive()
+    assert all_forwarded(app, len(markers))
+    assert mail.inbox.markers() == {marker: 1 for marker in markers}
