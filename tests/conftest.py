@@ -87,15 +87,29 @@ def hostile_models(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def app(tmp_path, tiny_model_dir):
-    os.makedirs(tmp_path / "instance", exist_ok=True)
-    app = create_app(testing_config(tmp_path, MODEL_DIR=str(tiny_model_dir)))
-    yield app
+@pytest.fixture(scope="session", autouse=True)
+def instance_outside_the_code_tree(tmp_path_factory):
+    """Apps built in tests never write the checkout's instance/ folder (secret key, DB)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLASK_INSTANCE_PATH", str(tmp_path_factory.mktemp("instance")))
+        yield
 
 
 @pytest.fixture
-def empty_app(tmp_path):
+def instance_path(tmp_path, monkeypatch):
+    """A fresh instance folder for this test's app."""
+    path = tmp_path / "instance"
+    monkeypatch.setenv("FLASK_INSTANCE_PATH", str(path))
+    return path
+
+
+@pytest.fixture
+def app(tmp_path, tiny_model_dir, instance_path):
+    return create_app(testing_config(tmp_path, MODEL_DIR=str(tiny_model_dir)))
+
+
+@pytest.fixture
+def empty_app(tmp_path, instance_path):
     return create_app(testing_config(tmp_path))
 
 

@@ -260,6 +260,16 @@ def test_rate_limits_are_on_by_default_and_the_environment_turns_them_off(make_a
 
 # ---------------------------------------------------------------- secret key and debug
 
+def test_app_fixtures_have_their_own_instance_folder(app, empty_app, tmp_path):
+    for each in (app, empty_app):
+        assert Path(each.instance_path) == tmp_path / "instance"
+
+
+def test_apps_built_in_tests_never_use_the_code_tree_instance_folder(tmp_path):
+    built_here = create_app(make_config(tmp_path))
+    assert not Path(built_here.instance_path).is_relative_to(ROOT)
+
+
 def test_secret_key_is_random_private_and_kept_across_restarts(make_app, tmp_path):
     first = make_app(drop=["SECRET_KEY"], WTF_CSRF_ENABLED=True)
     key_file = tmp_path / "instance" / "secret_key"
