@@ -1,12 +1,13 @@
 """What a heatmap, a DICOM decode and the sanity checks cost per request, on this machine.
 
-    python -m bench.explain [--repeat 5] [--size 224] [--arch vgg16 ...] [--json out.json]
+    python -m bench.explain [--repeat 7] [--size 224] [--arch vgg16 ...] [--json out.json]
 
-Grad-CAM is measured warm (the traced function is built once per model, off the
-request path) on the published full-size shape (ImageNet base without top, Flatten,
-softmax over two classes, built with ``weights=None``): the whole ``explain()`` call
-(preprocessing, forward and backward pass, overlay, PNG encoding) next to a plain
-graph forward pass of the same model. DICOM files are written with pydicom the way
+Heatmaps are measured warm, through the inference service as requests use it, on the
+published full-size shape (ImageNet base without top, Flatten, softmax over two
+classes, built with ``weights=None``) served by ONNX Runtime: ``explain_ms`` (the
+head's gradient from the prediction's own feature map, the overlay, PNG encoding)
+against the same requests' ``inference_ms``, next to the whole-model Grad-CAM pass a
+heatmap cost before, and how far apart the two maps are. DICOM files are written with pydicom the way
 scanners write them: a 512 x 512 CT slice, raw and compressed, a 2k x 2.5k radiograph,
 a 30-frame series.
 """
@@ -28,12 +29,10 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from inference.dicom import decode_dicom  # noqa: E402
-from inference.explain import build_gradcam, explain, overlay, png_base64  # noqa: E402
 from inference.image import DecodedImage  # noqa: E402
-from inference.registry import ModelCard  # noqa: E402
 from inference.sanity import sanity_warnings  # noqa: E402
 from tests import dicom_factory as make  # noqa: E402
-from tests.model_factory import APPLICATIONS, full_size_model  # noqa: E402
+from tests.model_factory import APPLICATIONS, full_size_model, install  # noqa: E402
 
 
 def timed_ms(call, repeat: int) -> dict:
@@ -48,43 +47,72 @@ def timed_ms(call, repeat: int) -> dict:
             "min_ms": round(min(samples), 1), "max_ms": round(max(samples), 1)}
 
 
-class LoadedStandIn:
-    """What ``explain()`` reads from a loaded model, without the cache around it."""
+def served_model(arch: str, size: int, folder: str):
+    """The published full-size shape, installed, converted and loaded by the service."""
+    from inference.preparation import convert_entry
+    from inference.service import InferenceService
 
-    def __init__(self, model, card):
-        self.keras_model, self.card, self.gate = model, card, None
+    install(full_size_model(arch, input_size=(size, size)), folder, arch, "ct",
+            {"input_size": [size, size]})
+    service = InferenceService(folder)
+    entry = next(e for e in service.entries() if e.key == ("ct", arch))
+    convert_entry(entry)
+    return service, entry
 
 
 def bench_gradcam(archs, size: int, repeat: int) -> list[dict]:
-    import tensorflow as tf
+    """Per architecture, through the service: the prediction's ``inference_ms`` and the
+    heatmap's ``explain_ms`` on the same requests, and the whole-model Grad-CAM pass
+    that a heatmap cost before it reused the prediction's feature map."""
+    import tempfile
+
+    from inference.explain import gradcam_for, head_gradcam_for
+    from inference.preprocess import prepare
 
     rng = np.random.default_rng(0)
     upload = DecodedImage(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8), "PNG")
+    data = encode_png(upload.pixels)
     rows = []
     for arch in archs:
-        model = full_size_model(arch, input_size=(size, size))
-        card = ModelCard(arch, "ct", input_size=(size, size))
-        started = time.perf_counter()
-        gradcam = build_gradcam(model, card.covid_index, (size, size))
-        build_ms = (time.perf_counter() - started) * 1000
-        forward = tf.function(lambda x, m=model: m(x, training=False),
-                              input_signature=[tf.TensorSpec([None, size, size, 3])])
-        batch = np.zeros((1, size, size, 3), np.float32)
-        cams, _ = gradcam.run(batch)
-        stand_in = LoadedStandIn(model, card)
-        rows.append({
-            "architecture": APPLICATIONS[arch], "target_layer": gradcam.target_layer,
-            "map": "x".join(str(v) for v in cams.shape[1:]),
-            "build_and_trace_ms": round(build_ms),
-            "forward": timed_ms(lambda: forward(batch), repeat),
-            "gradcam_pass": timed_ms(lambda: gradcam.run(batch), repeat),
-            "explain_total": timed_ms(lambda: explain(stand_in, upload), repeat),
-        })
-        print(json.dumps(rows[-1]), flush=True)
-        del model, gradcam, forward, stand_in
-    rows.append({"architecture": "overlay + PNG (512 x 512)", "explain_total": timed_ms(
-        lambda: png_base64(overlay(upload.pixels, cams[0])), repeat)})
+        with tempfile.TemporaryDirectory() as folder:
+            service, entry = served_model(arch, size, folder)
+            for _ in range(2):  # load, trace the head, warm both
+                service.analyse(data, "ct", arch, explain=True)
+            inference, explain_ms = [], []
+            for _ in range(repeat):
+                (result,) = service.analyse(data, "ct", arch, explain=True)[1].results
+                inference.append(result.inference_ms)
+                explain_ms.append(result.explain_ms)
+            loaded = service.load(entry)
+            card = loaded.card
+            batch = prepare(upload.pixels, card)[None]
+            whole = gradcam_for(loaded.keras_model, card.covid_index, card.input_size)
+            _, features = loaded.run_with_features(batch)
+            head = head_gradcam_for(loaded.keras_model, card.covid_index, card.input_size)
+            full_map = whole.run(batch)[0][0]
+            head_map = head(features)[0]
+            rows.append({
+                "architecture": APPLICATIONS[arch], "backend": loaded.backend_name,
+                "inference_ms": round(statistics.median(inference), 1),
+                "explain_ms": round(statistics.median(explain_ms), 1),
+                "ratio": round(statistics.median(explain_ms) / statistics.median(inference), 3),
+                "whole_model_gradcam": timed_ms(lambda: whole.run(batch), repeat),
+                "map_difference_of_peak": float(np.max(np.abs(head_map - full_map))
+                                                / max(float(full_map.max()), 1e-12)),
+            })
+            print(json.dumps(rows[-1]), flush=True)
+            service.cache.clear()
     return rows
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def bench_dicom(repeat: int) -> list[dict]:
@@ -120,15 +148,16 @@ def bench_dicom(repeat: int) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--arch", action="append", choices=sorted(APPLICATIONS))
     parser.add_argument("--skip-gradcam", action="store_true")
+    parser.add_argument("--skip-dicom", action="store_true")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                            "processor": platform.processor() or platform.machine()},
-               "dicom": bench_dicom(args.repeat)}
+               "dicom": [] if args.skip_dicom else bench_dicom(args.repeat)}
     if not args.skip_gradcam:
         archs = args.arch or ["vgg16", "vgg19", "inceptionv3", "resnet50"]
         results["gradcam"] = bench_gradcam(archs, args.size, args.repeat)

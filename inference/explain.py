@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import threading
 import time
 import weakref
@@ -33,7 +32,6 @@ from .preprocess import prepare
 from .runtime import import_tensorflow
 
 HEATMAP_MAX_SIDE = 512  # pixels on the longer side of the returned PNG
-COLORMAP = "jet"  # the usual Grad-CAM palette: blue = no evidence, red = strongest
 MAX_OPACITY = 0.55  # overlay opacity where the map peaks; it fades to 0 where it is 0
 
 
@@ -206,32 +204,38 @@ def fit_within(pixels: np.ndarray, max_side: int = HEATMAP_MAX_SIDE) -> np.ndarr
 
 
 def overlay(pixels: np.ndarray, cam: np.ndarray, max_side: int = HEATMAP_MAX_SIDE,
-            colormap: str = COLORMAP, max_opacity: float = MAX_OPACITY) -> np.ndarray:
+            max_opacity: float = MAX_OPACITY) -> np.ndarray:
     """Blend a 0..1 map over the image, stretched back to the image's own aspect ratio.
 
     The model saw the image resized to a square, so stretching the map to the image's
     size puts every cell back over the pixels it came from. Opacity follows the map,
-    so regions without evidence show the image unchanged.
+    so regions without evidence show the image unchanged. OpenCV's jet palette and
+    8-bit blending keep this to a few milliseconds at 512 x 512.
     """
     import cv2
-    import matplotlib
 
-    image = fit_within(pixels, max_side).astype(np.float32)
+    image = fit_within(pixels, max_side)
     height, width = image.shape[:2]
     cam = np.clip(cv2.resize(normalise(cam), (width, height),
                              interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
-    colours = matplotlib.colormaps[colormap](cam)[..., :3].astype(np.float32) * 255.0
-    opacity = (max_opacity * cam)[..., None]
-    blended = image * (1.0 - opacity) + colours * opacity
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    level = np.rint(cam * 255.0).astype(np.uint8)
+    colours = np.ascontiguousarray(cv2.applyColorMap(level, cv2.COLORMAP_JET)[..., ::-1])
+    opacity = (max_opacity * cam).astype(np.float32)
+    return cv2.blendLinear(np.ascontiguousarray(image), colours, 1.0 - opacity, opacity)
 
 
 def png_base64(pixels: np.ndarray) -> str:
-    from PIL import Image
+    """RGB -> base64 PNG. Sub filter and Huffman-only coding: on scan-like images about
+    4x faster to write than Pillow's PNG at level 1 (a heatmap is written per request),
+    for about 10 % more bytes."""
+    import cv2
 
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB,
+              cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels[..., ::-1]), params)
+    if not ok:  # pragma: no cover - OpenCV writes any 8-bit RGB array
+        raise ExplainError("the heatmap could not be encoded")
+    return base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
 def class_activation_map(loaded, decoded: DecodedImage,

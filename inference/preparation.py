@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from . import onnx_cache
@@ -28,6 +29,7 @@ from .runners import KerasGraphBackend, conversion_supported, load_keras_model
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 3.0
+SETTLE_SECONDS = 2.0  # a file changed more recently may still be being copied in
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -111,7 +113,8 @@ class Preparer:
             if not entry.available or entry.card_error:
                 continue
             try:
-                if self.status(entry) == "waiting":
+                settled = time.time() - entry.path.stat().st_mtime >= SETTLE_SECONDS
+                if settled and self.status(entry) == "waiting":
                     waiting.append(entry)
             except OSError:  # vanished while we looked
                 continue
