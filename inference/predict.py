@@ -12,7 +12,7 @@ from .errors import ModelUnavailable
 from .cache import LoadedModel, ModelCache
 from .image import DecodedImage
 from .preprocess import prepare
-from .registry import MODALITIES, ModelCard, ModelEntry, entries_for
+from .registry import MODALITIES, ModelCard, ModelEntry, check_output_width, entries_for
 from .sanity import sanity_warnings
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,6 @@ def covid_probability(output: np.ndarray, card: ModelCard) -> float:
     """Read one model output row: softmax over the card's classes, or a single sigmoid
     unit, which is P(classes[1]) as Keras trains it. ValueError when the row does not
     fit the card."""
-    from .registry import check_output_width
-
     values = np.asarray(output, dtype=np.float64).ravel()
     problem = check_output_width(card, values.size)
     if problem:
