@@ -45,7 +45,9 @@ class Inference:
         )
         app.extensions["inference"] = service
         if config.get("PREPARE_MODELS"):
-            app.before_request(lambda: service.start_preparation())
+            @app.before_request
+            def start_preparation() -> None:  # cheap once started
+                service.start_preparation()
 
     @staticmethod
     def service():
