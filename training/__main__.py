@@ -58,20 +58,15 @@ def _split_options() -> argparse.ArgumentParser:
     return parent
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m training",
-        description="Train, evaluate and batch-score the COVID / Non-COVID models.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    data, split = _dataset_options(), _split_options()
-    archs = sorted(ARCHITECTURES)
-
+def _add_preview(commands, data) -> None:
     preview = commands.add_parser("preview", parents=[data],
                                   help="count images per class and draw a sample grid")
     preview.add_argument("--output", default="preview.png", help="grid PNG to write")
     preview.add_argument("--samples", type=_positive, default=8, help="images per class")
     preview.add_argument("--seed", type=int, default=0)
 
+
+def _add_train(commands, data, split, archs: list[str]) -> None:
     train = commands.add_parser("train", parents=[data, split],
                                 help="fine-tune an ImageNet CNN and write model + card")
     train.add_argument("--modality", required=True, choices=["ct", "xray", "cxr"])
@@ -92,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="early stopping on validation loss, best weights kept")
     train.add_argument("--threshold", type=_threshold, default="0.5",
                        help="decision threshold: a number, or youden (chosen on validation)")
+    _add_train_outputs(train)
+
+
+def _add_train_outputs(train) -> None:
+    """What ``train`` feeds the model and where it writes."""
     train.add_argument("--input-size", type=_positive, default=None, metavar="PIXELS",
                        help="square input side (default: the architecture's, 224)")
     train.add_argument("--preprocessing", choices=PREPROCESSING_CHOICES, default="rescale",
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
                        help="Keras progress output")
 
+
+def _add_evaluate(commands, data, archs: list[str]) -> None:
     evaluate = commands.add_parser("evaluate", parents=[data],
                                    help="write report.json and plots for a model file")
     evaluate.add_argument("--model", required=True, help="the .h5 file (card read beside it)")
@@ -121,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="override the card's threshold")
     evaluate.add_argument("--batch-size", type=_positive, default=32)
 
+
+def _add_predict(commands, archs: list[str]) -> None:
     predict = commands.add_parser("predict", help="score files and folders like the app")
     predict.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
     predict.add_argument("--modality", required=True)
@@ -130,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--csv", default=None, help="write rows here instead of stdout")
     predict.add_argument("--batch-size", type=_positive, default=16)
     predict.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train, evaluate and batch-score the COVID / Non-COVID models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    data, split = _dataset_options(), _split_options()
+    archs = sorted(ARCHITECTURES)
+    _add_preview(commands, data)
+    _add_train(commands, data, split, archs)
+    _add_evaluate(commands, data, archs)
+    _add_predict(commands, archs)
     return parser
 
 

@@ -85,6 +85,46 @@ def run_training(args, base_builder: BaseBuilder | None = None) -> dict:
                      preprocessing=args.preprocessing, resize=args.resize)
 
     class_map = parse_class_map(args.map_class)
+    split = _load_split(args, class_map)
+    train_batches, val_batches, test_batches = _batches(args, split, card, modality)
+
+    model, fine_tune_after = build_model(arch, card.input_size, args.weights, base_builder)
+    weights = class_weights(split.train.labels)
+    head_epochs = min(args.head_epochs, args.epochs)
+    phases, phase_facts = _train_phases(args, model, train_batches, val_batches, weights,
+                                        head_epochs, fine_tune_after)
+
+    val_true, val_probability = score(model, val_batches, card)
+    threshold, threshold_rule = choose_threshold(args.threshold, val_true, val_probability)
+    card.threshold = round(threshold, 6)
+    test_true, test_probability = score(model, test_batches, card)
+    test_metrics = {"evaluated_on": "test", **compute_metrics(test_true, test_probability,
+                                                              card.threshold)}
+    validation_metrics = compute_metrics(val_true, val_probability, card.threshold)
+    history = merge_history(phases)
+
+    card.metrics = test_metrics
+    card.extra = {
+        "threshold_rule": threshold_rule,
+        "seed": args.seed,
+        "split_sizes": split.sizes(),
+        "split": _split_facts(args, class_map),
+        "validation_metrics": validation_metrics,
+        "history": history,
+        "training": _training_facts(args, modality, head_epochs, weights, phase_facts,
+                                    tf.__version__, keras.__version__),
+    }
+    model_path = Path(args.output) / model_relpath(arch, modality)
+    card_json = card.to_json()
+    save_atomically(model, card_json, model_path)
+    _print_outcome(card, threshold_rule, test_true, test_metrics, model_path)
+    if args.report:
+        _write_test_report(args, model_path, card_json, test_true, test_probability, history)
+    return card_json
+
+
+def _load_split(args, class_map: dict):
+    """The dataset split as ``args`` say, its counts printed."""
     dataset = load_dataset(args.data, args.limit_per_class, class_map)
     split = split_dataset(dataset, args.val_fraction, args.test_fraction, args.seed,
                           args.group_regex)
@@ -93,7 +133,11 @@ def run_training(args, base_builder: BaseBuilder | None = None) -> dict:
           + (f"; ignored folders: {', '.join(dataset.ignored_folders)}"
              if dataset.ignored_folders else ""))
     print(f"Split (seed {args.seed}): " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    return split
 
+
+def _batches(args, split, card: ModelCard, modality: str) -> tuple:
+    """Training (augmented), validation and test batches."""
     cache = "" if args.cache == "memory" else None if args.cache == "none" else args.cache
     train_batches = make_dataset(split.train.paths, split.train.labels, card, args.batch_size,
                                  training=True, augment=augmentation(modality, args.seed),
@@ -105,12 +149,14 @@ def run_training(args, base_builder: BaseBuilder | None = None) -> dict:
                                                  card))
     test_batches = make_dataset(split.test.paths, split.test.labels, card, args.batch_size,
                                 cache=None)
+    return train_batches, val_batches, test_batches
 
-    model, fine_tune_after = build_model(arch, card.input_size, args.weights, base_builder)
-    weights = class_weights(split.train.labels)
-    head_epochs = min(args.head_epochs, args.epochs)
+
+def _train_phases(args, model, train_batches, val_batches, weights: dict, head_epochs: int,
+                  fine_tune_after) -> tuple[list, list]:
+    """Phase 1 on the head, then phase 2 on the thawed top blocks when epochs remain:
+    the Keras histories and what each phase did."""
     phases, phase_facts = [], []
-
     freeze_base(model)
     print(f"Phase 1: head only, {head_epochs} epochs at learning rate {args.learning_rate}")
     history = fit_phase(model, train_batches, val_batches, args.learning_rate, head_epochs,
@@ -133,51 +179,46 @@ def run_training(args, base_builder: BaseBuilder | None = None) -> dict:
                             "trainable_layers": trainable_layer_count(model),
                             "fine_tune_after": None if args.fine_tune == "all"
                             else fine_tune_after})
+    return phases, phase_facts
 
-    val_true, val_probability = score(model, val_batches, card)
-    threshold, threshold_rule = choose_threshold(args.threshold, val_true, val_probability)
-    card.threshold = round(threshold, 6)
-    test_true, test_probability = score(model, test_batches, card)
-    test_metrics = {"evaluated_on": "test", **compute_metrics(test_true, test_probability,
-                                                              card.threshold)}
-    validation_metrics = compute_metrics(val_true, val_probability, card.threshold)
-    history = merge_history(phases)
 
-    card.metrics = test_metrics
-    card.extra = {
-        "threshold_rule": threshold_rule,
-        "seed": args.seed,
-        "split_sizes": sizes,
-        "split": {"seed": args.seed, "val_fraction": args.val_fraction,
-                  "test_fraction": args.test_fraction, "group_regex": args.group_regex,
-                  "limit_per_class": args.limit_per_class, "class_map": class_map},
-        "validation_metrics": validation_metrics,
-        "history": history,
-        "training": {
-            "data": str(Path(args.data)), "weights": args.weights, "epochs": args.epochs,
-            "head_epochs": head_epochs, "batch_size": args.batch_size,
-            "class_weight": {CLASSES[k]: v for k, v in weights.items()},
-            "augmentation": describe_augmentation(modality), "phases": phase_facts,
-            "early_stopping": {"monitor": "val_loss", "patience": args.patience,
-                               "restore_best_weights": True},
-            "tensorflow": tf.__version__, "keras": keras.__version__,
-            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        },
+def _split_facts(args, class_map: dict) -> dict:
+    """What it takes to draw the same split again."""
+    return {"seed": args.seed, "val_fraction": args.val_fraction,
+            "test_fraction": args.test_fraction, "group_regex": args.group_regex,
+            "limit_per_class": args.limit_per_class, "class_map": class_map}
+
+
+def _training_facts(args, modality: str, head_epochs: int, weights: dict,
+                    phase_facts: list, tensorflow_version: str, keras_version: str) -> dict:
+    """How the model was trained, for the card."""
+    return {
+        "data": str(Path(args.data)), "weights": args.weights, "epochs": args.epochs,
+        "head_epochs": head_epochs, "batch_size": args.batch_size,
+        "class_weight": {CLASSES[k]: v for k, v in weights.items()},
+        "augmentation": describe_augmentation(modality), "phases": phase_facts,
+        "early_stopping": {"monitor": "val_loss", "patience": args.patience,
+                           "restore_best_weights": True},
+        "tensorflow": tensorflow_version, "keras": keras_version,
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    model_path = Path(args.output) / model_relpath(arch, modality)
-    card_json = card.to_json()
-    save_atomically(model, card_json, model_path)
+
+
+def _print_outcome(card: ModelCard, threshold_rule: str, test_true, test_metrics: dict,
+                   model_path: Path) -> None:
     print(f"Test ({len(test_true)} images, threshold {card.threshold:.4f} by "
           f"{threshold_rule}): accuracy {test_metrics['accuracy']:.4f}, "
           f"sensitivity {test_metrics['sensitivity']:.4f}, "
           f"specificity {test_metrics['specificity']:.4f}")
     print(f"Model: {model_path}\nCard:  {model_path.with_suffix('.json')}")
-    if args.report:
-        write_report(Path(args.report), test_true, test_probability, card.threshold, history,
-                     {"model": str(model_path), "data": str(Path(args.data)),
-                      "subset": "test", "card": card_json})
-        print(f"Report: {Path(args.report) / 'report.json'}")
-    return card_json
+
+
+def _write_test_report(args, model_path: Path, card_json: dict, test_true, test_probability,
+                       history: dict) -> None:
+    write_report(Path(args.report), test_true, test_probability, card_json["threshold"],
+                 history, {"model": str(model_path), "data": str(Path(args.data)),
+                           "subset": "test", "card": card_json})
+    print(f"Report: {Path(args.report) / 'report.json'}")
 
 
 def _cache_file(cache: str | None, part: str, paths: list[str], card: ModelCard
