@@ -78,6 +78,28 @@ def test_youden_threshold_is_the_best_roc_point():
     assert choose_threshold("0.5", y_true, probability) == (0.5, "fixed")
 
 
+@pytest.mark.parametrize("y_true, probability", [
+    ([0, 0, 1, 1], [0.2, 0.4, 1.0, 1.0]),  # best cut at a probability of exactly 1
+    ([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9]),  # inverted scores: best cut above every score
+    ([0, 0, 1, 1], [0.0, 0.0, 1.0, 1.0]),  # scores of exactly 0 and 1
+])
+def test_youden_threshold_stays_inside_what_a_card_accepts(tmp_path, y_true, probability):
+    threshold, _ = choose_threshold("youden", y_true, probability)
+    assert 0.0 < round(threshold, 6) < 1.0  # run_training writes it rounded
+    card_path = tmp_path / "card.json"
+    card_path.write_text(json.dumps({"threshold": round(threshold, 6)}), encoding="utf-8")
+    card = ModelCard.load(card_path, "vgg16", "ct")
+    labels = (np.asarray(probability) >= card.threshold).astype(int)
+    fpr, tpr, thresholds = skm.roc_curve(y_true, probability)
+    expected = (np.asarray(probability) >= min(thresholds[np.argmax(tpr - fpr)], 1.0))
+    assert labels.tolist() == expected.astype(int).tolist()  # the same cut
+
+
+def test_fixed_threshold_survives_rounding_into_the_card():
+    threshold, rule = choose_threshold("0.9999999", [0, 1], [0.2, 0.8])
+    assert rule == "fixed" and 0.0 < round(threshold, 6) < 1.0
+
+
 def test_evaluate_a_published_model_without_card(tmp_path, capsys):
     """No card: the published defaults (224 x 224, pixel / 255, threshold 0.5)."""
     data = ct_dataset(tmp_path / "data", per_class=6)

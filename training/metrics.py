@@ -12,6 +12,9 @@ from .datasets import CLASSES, COVID_INDEX
 
 LABELS = list(range(len(CLASSES)))
 CALIBRATION_BINS = 10
+# Chosen thresholds stay this far inside (0, 1): a model card refuses 0 and 1 (one label
+# would be unreachable), and the card stores thresholds rounded to 6 decimals.
+THRESHOLD_MARGIN = 1e-6
 
 
 def predicted_labels(covid_probability, threshold: float) -> np.ndarray:
@@ -35,15 +38,24 @@ def expected_calibration_error(y_true, covid_probability, bins: int = CALIBRATIO
     return float(np.abs(observed - predicted).sum() / probability.size)
 
 
+def interior_threshold(value: float) -> float:
+    """``value`` kept within [THRESHOLD_MARGIN, 1 - THRESHOLD_MARGIN], a threshold that a
+    model card accepts even after rounding to 6 decimals."""
+    return float(np.clip(value, THRESHOLD_MARGIN, 1.0 - THRESHOLD_MARGIN))
+
+
 def youden_threshold(y_true, covid_probability) -> float:
-    """The ROC point that maximises sensitivity + specificity - 1 (Youden's J)."""
+    """The ROC point that maximises sensitivity + specificity - 1 (Youden's J), kept
+    strictly inside (0, 1): a cut at a probability of 1 (or above every score) becomes
+    1 - THRESHOLD_MARGIN."""
     fpr, tpr, thresholds = skm.roc_curve(y_true, covid_probability)
     best = int(np.argmax(tpr - fpr))
-    return float(np.clip(thresholds[best], 0.0, 1.0))
+    return interior_threshold(thresholds[best])
 
 
 def choose_threshold(rule: str, y_true, covid_probability) -> tuple[float, str]:
-    """``0.5`` / any number / ``youden`` -> (threshold, how it was chosen)."""
+    """``0.5`` / any number / ``youden`` -> (threshold, how it was chosen), the threshold
+    strictly inside (0, 1) even after the card rounds it to 6 decimals."""
     if str(rule).lower() == "youden":
         if len(set(np.asarray(y_true).tolist())) < 2:
             return 0.5, "default: validation data has one class only"
@@ -51,7 +63,7 @@ def choose_threshold(rule: str, y_true, covid_probability) -> tuple[float, str]:
     value = float(rule)
     if not 0.0 < value < 1.0:
         raise ValueError(f"threshold must be between 0 and 1, not {value}")
-    return value, "fixed"
+    return interior_threshold(value), "fixed"
 
 
 def classification_text(y_true, y_pred) -> str:
