@@ -97,7 +97,7 @@ def score_files(files: list[Path], modality: str, model: str, model_dir: str,
                 card = loaded.card
                 inputs = np.stack(list(pool.map(lambda item: prepare(item[1], card), ready)))
                 for (i, _), output in zip(ready, loaded.run_batch(inputs)):
-                    per_file[i].append(model_result(loaded.entry.architecture, output, card))
+                    per_file[i].append(_result(loaded, output))
             bar.update(len(chunk))
     for i, path in enumerate(files):
         if i in errors:
@@ -111,6 +111,18 @@ def score_files(files: list[Path], modality: str, model: str, model_dir: str,
             rows.append(Row(str(path), "ensemble", ensemble.label, ensemble.covid_probability,
                             agreement=ensemble.agreement))
     return rows
+
+
+def _result(loaded, output: np.ndarray) -> ModelResult:
+    """One output row read with the model's card; a card that does not fit its model
+    stops the run with a message naming both files, as the app words it."""
+    try:
+        return model_result(loaded.entry.architecture, output, loaded.card)
+    except ValueError as exc:
+        entry = loaded.entry
+        which = (f"its model card {entry.path.with_suffix('.json').name}"
+                 if entry.card_signature else "the published defaults (it has no card)")
+        raise ModelUnavailable(f"{entry.path.name} does not fit {which}: {exc}.") from exc
 
 
 def write_csv(rows: list[Row], handle) -> None:
