@@ -86,6 +86,8 @@ class InferenceService:
             "preprocessing": card.preprocessing,
             "threshold": card.threshold,
             "metrics": card.metrics,
+            "source": card.extra.get("source"),
+            "sha256": card.extra.get("sha256"),
             "card_error": entry.card_error or self._fit_error(entry),
             "preparation": self._preparation(entry),
             **self._runtime(entry),

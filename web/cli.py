@@ -1,18 +1,21 @@
-"""``flask models ...``: list the model slots, convert them to ONNX, warm the cache."""
+"""``flask models ...``: install and remove models, list the slots, convert them to ONNX,
+warm the cache."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Iterator
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from inference.errors import ModelUnavailable
-from inference.registry import ModelEntry, normalize_architecture, normalize_modality
+from inference.errors import InvalidRequest, ModelUnavailable
+from inference.registry import (ARCHITECTURES, ModelEntry, normalize_architecture,
+                                normalize_modality)
 
-models_cli = AppGroup("models", help="Inspect, convert and load the models.")
+models_cli = AppGroup("models", help="Install, inspect, convert and load the models.")
 
 
 def chosen_entries(service, modality: str | None, architecture: str = "all"
@@ -123,3 +126,45 @@ def compile_models(modality, architecture, force):
                    f"({faster} is faster)")
     if failures:
         raise click.ClickException(f"{failures} model(s) not converted")
+
+
+@models_cli.command("install")
+@click.argument("source")
+@click.option("--modality", type=click.Choice(["ct", "xray", "cxr"], case_sensitive=False),
+              help="When the file name does not say CT or X-ray.")
+@click.option("--arch", type=click.Choice(sorted(ARCHITECTURES), case_sensitive=False),
+              help="When neither the file name nor the layers say it.")
+@click.option("--sha256", help="Refuse the file unless its SHA-256 is this.")
+def install(source, modality, arch, sha256):
+    """Install models from a .h5 file, a folder, a .zip, an http(s) URL, a Google Drive
+    link, or published-ct / published-cxr (the original work's Drive folders).
+
+    Each file is recognised, checked to load and to give two classes, placed in the
+    published layout with a card recording its source and SHA-256, and converted for
+    ONNX Runtime. Nothing is placed unless every file passes.
+    """
+    from inference.install import install_models
+    from inference.sources import InstallError
+
+    try:
+        install_models(current_app.extensions["inference"], source,
+                       Path(current_app.instance_path) / "downloads",
+                       modality=normalize_modality(modality) if modality else None,
+                       arch=arch.lower() if arch else None, sha256=sha256, echo=click.echo)
+    except InstallError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@models_cli.command("remove")
+@click.argument("modality")
+@click.argument("arch")
+def remove(modality, arch):
+    """Delete one model: its .h5, its card and its ONNX conversions."""
+    from inference.install import remove_model
+    from inference.sources import InstallError
+
+    try:
+        remove_model(current_app.extensions["inference"], normalize_modality(modality),
+                     normalize_architecture(arch, allow_all=False), echo=click.echo)
+    except (InstallError, InvalidRequest) as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -75,7 +75,11 @@ def _model_list_schema() -> dict:
             "file": {"type": "string"},
             "classes": {"type": "array", "items": {"type": "string"}},
             "input_size": {"type": "array", "items": {"type": "integer"}},
-            "preprocessing": {"type": "string"}, "metrics": {"type": "object"}}}}}}
+            "preprocessing": {"type": "string"}, "metrics": {"type": "object"},
+            "source": {"type": ["string", "null"],
+                       "description": "Where `flask models install` took the file from"},
+            "sha256": {"type": ["string", "null"],
+                       "description": "SHA-256 of the file when it was installed"}}}}}}
 
 
 def _result_schema() -> dict:
