@@ -67,12 +67,14 @@ def register_services(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     from contact.views import bp as contact_bp
     from web.api import bp as api_bp
+    from web.apidocs import bp as apidocs_bp
     from web.health import bp as health_bp
     from web.pages import bp as pages_bp
 
     app.register_blueprint(pages_bp)
     app.register_blueprint(contact_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(apidocs_bp)
     app.register_blueprint(health_bp)
     csrf.exempt(api_bp)
     csrf.exempt(health_bp)

@@ -1,0 +1,57 @@
+"""End-to-end: the API page renders Swagger UI under the site's CSP, offline."""
+
+from __future__ import annotations
+
+from .conftest import screenshot
+
+# Every CSP violation, also those that reach no console message (a blocked style
+# attribute, an inline handler), is kept on the window for the test to read.
+RECORD_VIOLATIONS = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", function (event) {
+  window.__cspViolations.push(event.violatedDirective + " " + event.blockedURI);
+});
+"""
+
+
+def test_api_page_renders_the_operations(page, site):
+    requests_off_site = []
+    page.on("request", lambda request: requests_off_site.append(request.url)
+            if not request.url.startswith(site.url) else None)
+    page.add_init_script(RECORD_VIOLATIONS)
+    page.goto("/")
+    with page.expect_navigation():
+        page.click("nav a:text-is('API')")
+    assert page.url == f"{site.url}/api"
+
+    predict = page.locator(".swagger-ui .opblock-post .opblock-summary-path",
+                           has_text="/api/v1/predict")
+    predict.wait_for(state="visible")
+    assert page.locator(".swagger-ui .opblock-get .opblock-summary-path",
+                        has_text="/api/v1/models").is_visible()
+    assert page.locator(".swagger-ui .errors-wrapper").count() == 0
+    assert page.locator(".swagger-ui .info .title").inner_text().startswith(
+        "COVID-19 CT and X-ray classifier API")
+    assert page.locator("#swagger-ui-fallback").is_hidden()  # the script ran
+
+    # Opening the operation shows the form fields the curl example sends.
+    predict.click()
+    body = page.locator(".swagger-ui .opblock-post .opblock-body")
+    body.locator("text=modality").first.wait_for(state="visible")
+    for field in ("image", "model", "explain"):
+        assert field in body.inner_text()
+
+    assert "curl -F image=@scan.png" in page.locator("#curl-predict").inner_text()
+    assert page.locator("a#openapi-json").get_attribute("href") == "/api/v1/openapi.json"
+    screenshot(page, "api-docs")
+    assert page.evaluate("window.__cspViolations") == []
+    assert requests_off_site == []
+
+
+def test_copy_button_copies_the_curl_command(page, site):
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site.url)
+    page.goto("/api")
+    button = page.locator("button[data-copy=curl-models]")
+    button.click()
+    assert button.inner_text() == "Copied"
+    assert page.evaluate("navigator.clipboard.readText()") == f"curl {site.url}/api/v1/models"
