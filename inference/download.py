@@ -12,7 +12,7 @@ import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-CHUNK = 1 << 20
+CHUNK = 64 << 10  # what a dropped connection can cost: the chunk being read
 TIMEOUT = (15, 60)  # connect, and between bytes
 
 

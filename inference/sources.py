@@ -36,8 +36,8 @@ PUBLISHED_TRAINING = {
              "split": "image-level", "vgg16_precision_over": 0.96},
 }
 
-MAX_MEMBER_BYTES = 4 << 30  # the largest .h5 taken from a zip
-MAX_TOTAL_BYTES = 16 << 30  # all .h5 and .json members of one zip together
+MAX_MEMBER_BYTES = 2 << 30  # the largest .h5 taken from a zip
+MAX_TOTAL_BYTES = 8 << 30  # all .h5 and .json members of one zip together
 MAX_CARD_BYTES = 1 << 20
 CHUNK = 1 << 20
 ZIP_MAGIC = b"PK\x03\x04"
