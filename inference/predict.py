@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import ood
 from .errors import ModelUnavailable
 from .cache import LoadedModel, ModelCache
 from .image import DecodedImage
@@ -39,6 +40,9 @@ class ModelResult:
     threshold: float = 0.5
     heatmap_png: str | None = None
     explain_ms: float | None = None
+    ood_distance: float | None = None  # from the training images' features (no 2nd pass)
+    ood_threshold: float | None = None  # beyond it the answer carries a warning
+    ood_profile: bool | None = None  # whether the model has a usable feature profile
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -186,6 +190,16 @@ def add_heatmap(result: ModelResult, loaded: LoadedModel, decoded: DecodedImage,
         warnings.append(f"No heatmap for {loaded.entry.display_name}: {exc}.")
 
 
+def add_ood_check(result: ModelResult, loaded: LoadedModel, features: np.ndarray | None,
+                  warnings: list[str]) -> None:
+    """How far this pass's pooled feature map lies from the model's training images,
+    with a warning beyond its profile's threshold; ``ood_profile`` false without one."""
+    check = ood.check(loaded.entry.path, features, loaded.entry.display_name)
+    result.ood_profile = check.profiled
+    result.ood_distance, result.ood_threshold = check.distance, check.threshold
+    warnings.extend(check.warnings)
+
+
 def predict(decoded: DecodedImage, modality: str, architecture: str,
             entries: list[ModelEntry], cache: ModelCache, explain: bool = False
             ) -> Prediction:
@@ -208,6 +222,7 @@ def predict(decoded: DecodedImage, modality: str, architecture: str,
                 raise
             warnings.append(f"{entry.display_name} skipped: {exc.message}")
             continue
+        add_ood_check(result, loaded, features, warnings)
         if explain:
             add_heatmap(result, loaded, decoded, warnings, features)
         results.append(result)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .cache import LoadedModel, ModelCache
 from .image import DecodedImage
+from .ood import profile_path
 from .onnx_cache import folder_lock
 from .predict import Prediction, predict
 from .preparation import Preparer, convert_entry
@@ -89,6 +90,7 @@ class InferenceService:
             "source": card.extra.get("source"),
             "sha256": card.extra.get("sha256"),
             "card_error": entry.card_error or self._fit_error(entry),
+            "ood_profile": entry.available and profile_path(entry.path).is_file(),
             "preparation": self._preparation(entry),
             **self._runtime(entry),
         }

@@ -1,4 +1,4 @@
-"""``python -m training {preview,train,evaluate,predict} ...``"""
+"""``python -m training {preview,train,evaluate,predict,profile} ...``"""
 
 from __future__ import annotations
 
@@ -136,6 +136,21 @@ def _add_predict(commands, archs: list[str]) -> None:
     predict.add_argument("--no-progress", action="store_true")
 
 
+def _add_profile(commands, data, archs: list[str]) -> None:
+    profile = commands.add_parser(
+        "profile", parents=[data],
+        help="write the feature profile the app's out-of-distribution check reads")
+    profile.add_argument("--model", required=True, help="the .h5 file (card read beside it)")
+    profile.add_argument("--arch", choices=archs, default=None,
+                         help="when the file name does not say")
+    profile.add_argument("--modality", choices=["ct", "xray", "cxr"], default=None)
+    profile.add_argument("--held-out", type=float, default=0.25, metavar="SHARE",
+                         help="share of the images held out to set the warning threshold "
+                              "(default 0.25)")
+    profile.add_argument("--seed", type=int, default=42)
+    profile.add_argument("--batch-size", type=_positive, default=32)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
@@ -147,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands, data, split, archs)
     _add_evaluate(commands, data, archs)
     _add_predict(commands, archs)
+    _add_profile(commands, data, archs)
     return parser
 
 
@@ -172,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluate import run_evaluate
 
             run_evaluate(args)
+        elif args.command == "profile":
+            from .profile import run_profile
+
+            run_profile(args)
         else:
             from .predict import run_predict
 

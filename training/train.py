@@ -25,6 +25,7 @@ from .evaluate import score, write_report
 from .metrics import choose_threshold, compute_metrics
 from .models import BaseBuilder, build_model, freeze_base, trainable_layer_count, unfreeze_top
 from .pipeline import augmentation, describe_augmentation, make_dataset
+from .profile import write_training_profile
 
 
 def class_weights(labels) -> dict[int, float]:
@@ -117,6 +118,7 @@ def run_training(args, base_builder: BaseBuilder | None = None) -> dict:
     model_path = Path(args.output) / model_relpath(arch, modality)
     card_json = card.to_json()
     save_atomically(model, card_json, model_path)
+    write_training_profile(model, card, split, model_path, args.batch_size)
     _print_outcome(card, threshold_rule, test_true, test_metrics, model_path)
     if args.report:
         _write_test_report(args, model_path, card_json, test_true, test_probability, history)

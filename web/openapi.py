@@ -79,7 +79,10 @@ def _model_list_schema() -> dict:
             "source": {"type": ["string", "null"],
                        "description": "Where `flask models install` took the file from"},
             "sha256": {"type": ["string", "null"],
-                       "description": "SHA-256 of the file when it was installed"}}}}}}
+                       "description": "SHA-256 of the file when it was installed"},
+            "ood_profile": {"type": "boolean",
+                            "description": "Whether a feature profile file for the "
+                                           "out-of-distribution check is beside it"}}}}}}
 
 
 def _result_schema() -> dict:
@@ -101,7 +104,27 @@ def _result_schema() -> dict:
                                "most 512 pixels on the longer side"},
             "explain_ms": {"type": "number",
                            "description": "Only with explain=1: milliseconds the "
-                                          "heatmap added to this result"}}}
+                                          "heatmap added to this result"},
+            **_ood_properties()}}
+
+
+def _ood_properties() -> dict:
+    return {
+        "ood_profile": {
+            "type": "boolean",
+            "description": "Whether the model has a feature profile of its training "
+                           "images (`<stem>.profile.npz` beside it, made for these "
+                           "bytes), so the out-of-distribution check was made"},
+        "ood_distance": {
+            "type": "number", "minimum": 0,
+            "description": "Only with a profile: Mahalanobis distance of the image's "
+                           "pooled last feature map from the training images'"},
+        "ood_threshold": {
+            "type": "number",
+            "description": "Only with a profile: beyond this distance (the 99th "
+                           "percentile of held-out training-distribution images) the "
+                           "answer carries a warning that the image is unlike the "
+                           "images the model was trained on"}}
 
 
 def _ensemble_schema() -> dict:
