@@ -46,8 +46,8 @@ class MicroBatcher:
         return done.result()
 
     def _run_together(self, work: list) -> None:
-        batch = work[0][0] if len(work) == 1 else np.concatenate([b for b, _ in work])
-        try:
+        try:  # a batch that cannot be formed fails them all too, none waits forever
+            batch = work[0][0] if len(work) == 1 else np.concatenate([b for b, _ in work])
             outputs, features = self.run(batch)
         except BaseException as exc:  # every waiting request gets the error
             for _, done in work:

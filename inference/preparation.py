@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 3.0
 SETTLE_SECONDS = 2.0  # a file changed more recently may still be being copied in
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# A converter ended by one of these was stopped (a server stop that signals the whole
+# process group, Ctrl-C), not failed: it is tried again, and no note is left.
+INTERRUPTED = (-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)
 
 
 def failure_note(entry_path: Path, digest: str, cache_dir: str | None) -> Path:
@@ -75,12 +78,14 @@ class Preparer:
         self._wake = threading.Event()
         self._child: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()  # concurrent first requests start one thread
 
     def start(self) -> "Preparer":
-        if conversion_supported() and self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="model-preparer",
-                                            daemon=True)
-            self._thread.start()
+        with self._start_lock:
+            if self._thread is None and conversion_supported():
+                self._thread = threading.Thread(target=self._loop, name="model-preparer",
+                                                daemon=True)
+                self._thread.start()
         return self
 
     def wake(self) -> None:
@@ -148,7 +153,8 @@ class Preparer:
     def _run_child(self, entry: ModelEntry) -> None:
         digest = onnx_cache.file_sha256(entry.path)
         command = [sys.executable, "-m", "inference.preparation", str(self.model_dir),
-                   entry.modality, entry.architecture, "--threads", str(self.threads)]
+                   entry.modality, entry.architecture, "--threads", str(self.threads),
+                   "--parent", str(os.getpid())]
         if self.cache_dir:
             command += ["--cache-dir", str(self.cache_dir)]
         log.info("preparing %s for serving (ONNX conversion, low priority)", entry.path.name)
@@ -159,7 +165,9 @@ class Preparer:
         if code == 0:
             log.info("%s is ready: served with ONNX Runtime from its next load",
                      entry.path.name)
-        elif not self._stop.is_set():
+        elif self._stop.is_set() or code in INTERRUPTED:
+            log.info("conversion of %s stopped (status %s)", entry.path.name, code)
+        else:
             reason = _last_line(stderr) or f"the converter exited with status {code}"
             failure_note(entry.path, digest, self.cache_dir).write_text(reason, "utf-8")
             log.warning("%s not converted: %s", entry.path.name, reason)
@@ -176,7 +184,7 @@ def _last_line(stderr: bytes) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def _become_background_child() -> None:
+def _become_background_child(parent: int | None = None) -> None:
     """Lowest CPU priority, and die with the parent (Linux ``PR_SET_PDEATHSIG``)."""
     os.nice(19)
     try:
@@ -185,6 +193,8 @@ def _become_background_child() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if parent is not None and os.getppid() != parent:  # it died before prctl took hold
+        raise SystemExit("the process that started this conversion has ended")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("architecture")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--parent", type=int, default=None,
+                        help="the starting process: stop at once if it is gone")
     args = parser.parse_args(argv)
-    _become_background_child()
+    _become_background_child(args.parent)
     entry = next((e for e in discover(args.model_dir)
                   if e.key == (args.modality, args.architecture) and e.available), None)
     if entry is None or entry.card_error:

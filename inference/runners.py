@@ -81,11 +81,14 @@ def onnx_supported() -> bool:
 
 
 def conversion_supported() -> bool:
-    """Whether this install can convert ``.h5`` files (tf2onnx and onnx present)."""
-    try:
-        import onnx  # noqa: F401
-        import tf2onnx  # noqa: F401
-    except ImportError:
+    """Whether this install can convert ``.h5`` files (tf2onnx and onnx present).
+
+    Looked up, not imported: importing tf2onnx imports TensorFlow, which a process
+    serving with ONNX Runtime never needs (conversions run in a child process).
+    """
+    from importlib.util import find_spec
+
+    if find_spec("onnx") is None or find_spec("tf2onnx") is None:
         return False
     return onnx_supported()
 
