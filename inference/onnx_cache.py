@@ -227,8 +227,10 @@ def convert_to_onnx(keras_backend: KerasGraphBackend, model_path: Path, digest: 
 
 
 def remove_stale(model_path: Path, keep: Path) -> None:
-    """Older conversions of the same stem (other bytes, older format) are never served."""
-    for stale in keep.parent.glob(f"{Path(model_path).stem}.*.onnx"):
+    """Older conversions of the same stem (other bytes, older format) are never served,
+    and failure notes of other bytes (a file seen half-copied) no longer apply."""
+    stem = Path(model_path).stem
+    for stale in [*keep.parent.glob(f"{stem}.*.onnx"), *keep.parent.glob(f"{stem}.*.failed")]:
         if stale != keep:
             stale.unlink(missing_ok=True)
 
