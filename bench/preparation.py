@@ -1,11 +1,12 @@
 """From drop-in to ONNX-served, per architecture, and what requests feel meanwhile.
 
-    python -m bench.preparation [--arch vgg16 ...] [--json out.json]
+    python -m bench.preparation [--arch vgg16 ...] [--idle] [--json out.json]
 
 A real gunicorn server (``gunicorn.conf.py``, background preparation on) serves a
 reference model that is already converted (ResNet50, X-ray). Each architecture's
 full-size CT model (published shape, ``weights=None``) is then dropped into the model
-folder while a client keeps sending requests to the reference model. Reported: the
+folder while a client keeps sending requests to the reference model (``--idle``: no
+client, for the time to ready alone). Reported: the
 time until ``/api/v1/models`` says the new model is ``ready``; the reference model's
 request latency during that conversion against idle; the new model's first request
 after preparation, its backend, and its in-service ``inference_ms`` against a bare
@@ -90,11 +91,14 @@ def bare_onnx_ms(onnx_path: Path, threads: int, size: int = 224, runs: int = 7) 
     return statistics.median(times)
 
 
-def drop_in(server, staging: Path, model_dir: Path, arch: str, image: bytes) -> dict:
-    """Copy one model in, keep the reference busy, wait until it is ready."""
+def drop_in(server, staging: Path, model_dir: Path, arch: str, image: bytes,
+            busy: bool = True) -> dict:
+    """Copy one model in, keep the reference busy (unless ``busy`` is off), wait until
+    it is ready."""
     client = Client(server.url, image)
-    client.start()
-    time.sleep(3)
+    if busy:
+        client.start()
+        time.sleep(3)
     source = staging / model_relpath(arch, "ct")
     target = model_dir / model_relpath(arch, "ct")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -110,12 +114,14 @@ def drop_in(server, staging: Path, model_dir: Path, arch: str, image: bytes) -> 
     ready_s = time.monotonic() - dropped
     during = client.latencies[before:]
     client.running.clear()
-    client.join()
+    if busy:
+        client.join()
     first_ms, first = post(server.url, "ct", arch, image)
     served = [post(server.url, "ct", arch, image)[1]["results"][0]["inference_ms"]
               for _ in range(7)]
     onnx_file = next(target.parent.glob(f"{target.stem}.*.onnx"))
-    return {"architecture": arch, "drop_in_to_ready_s": round(ready_s, 1),
+    return {"architecture": arch, "client_during_conversion": busy,
+            "drop_in_to_ready_s": round(ready_s, 1),
             "requests_during_conversion": len(during),
             "latency_during_conversion_median_ms": round(statistics.median(during), 1)
             if during else None,
@@ -131,6 +137,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", action="append", choices=ARCHS)
     parser.add_argument("--json")
+    parser.add_argument("--idle", action="store_true",
+                        help="no requests during the conversions (time to ready alone)")
     args = parser.parse_args(argv)
     from inference.preparation import convert_entry
     from inference.registry import discover
@@ -150,7 +158,7 @@ def main(argv=None) -> int:
         rows = [{"reference_idle_median_ms": round(statistics.median(idle), 1)}]
         print(json.dumps(rows[0]), flush=True)
         for arch in args.arch or ARCHS:
-            rows.append(drop_in(server, staging, model_dir, arch, image))
+            rows.append(drop_in(server, staging, model_dir, arch, image, not args.idle))
             print(json.dumps(rows[-1]), flush=True)
     finally:
         server.stop()

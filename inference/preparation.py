@@ -13,6 +13,7 @@ the model with the reason, so it is not tried again for the same bytes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -185,8 +186,15 @@ def _last_line(stderr: bytes) -> str:
 
 
 def _become_background_child(parent: int | None = None) -> None:
-    """Lowest CPU priority, and die with the parent (Linux ``PR_SET_PDEATHSIG``)."""
+    """Lowest CPU priority, and die with the parent (Linux ``PR_SET_PDEATHSIG``).
+
+    ``SCHED_IDLE`` (where the kernel has it) runs the converter only on cycles nothing
+    else wants, which nice 19 alone does not: requests then keep the cores. The threads
+    TensorFlow starts later inherit both.
+    """
     os.nice(19)
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     try:
         import ctypes
 
