@@ -3,8 +3,8 @@
 A post wakes it (``notify``); while messages remain unsent it wakes again when the
 earliest one can next be claimed (back-off after failures, or another sender's lease).
 Claims in ``mailer`` keep several forwarders (threads, workers, replicas) from sending
-a message twice. Rows left unsent before a restart go out with the process's next
-post, or with ``flask contact forward``.
+a message twice. Rows left unsent before a restart go out after the process's first
+request (``views.forward_backlog``), or with ``flask contact forward``.
 """
 
 from __future__ import annotations

@@ -19,6 +19,17 @@ def contact_limit() -> str:
     return current_app.config["CONTACT_RATE_LIMIT"]
 
 
+@bp.before_app_request
+def forward_backlog() -> None:
+    """On a process's first request, send what an earlier run left unsent (rows stored
+    before a restart), without waiting for the next post; later requests skip it."""
+    app = current_app._get_current_object()
+    if not app.extensions.get("contact_backlog_checked"):
+        app.extensions["contact_backlog_checked"] = True
+        if smtp_configured():
+            forwarder_for(app).notify()
+
+
 @bp.get("/contact")
 def contact_form():
     return render_template("contact.html", form=ContactForm())

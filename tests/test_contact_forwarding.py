@@ -288,3 +288,16 @@ def test_stopping_the_forwarder_sends_what_is_stored_first(mail, apps):
     assert not forwarder_for(app).thread.is_alive()
     assert all_forwarded(app, len(markers))
     assert mail.inbox.markers() == {marker: 1 for marker in markers}
+
+
+def test_messages_left_by_an_earlier_run_go_out_on_the_first_request(mail, apps):
+    """A row stored before a restart (never forwarded) is sent after the new process's
+    first request of any kind, not only after the next contact post."""
+    earlier = apps.new()
+    marker = new_marker()
+    store(earlier, marker)  # stored, as by a process that stopped before forwarding
+    restarted = apps.new()
+    assert restarted.test_client().get("/about").status_code == 200
+    assert wait_until(lambda: all_forwarded(restarted, 1))
+    apps.stop_forwarders()
+    assert mail.inbox.markers() == {marker: 1}
