@@ -15,6 +15,7 @@ other bytes is never used.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 PROFILE_SUFFIX = ".profile.npz"
 FORMAT = 1
+_blas_lock = threading.Lock()
+_blas_controller = None  # threadpoolctl's, made on first use; False without it
 
 
 class ProfileError(ValueError):
@@ -56,9 +59,27 @@ class FeatureProfile:
         return np.linalg.norm(centred @ self.whitening.T, axis=1)
 
     def distance(self, vector: np.ndarray) -> float:
-        """One image's distance: a single matrix-vector product."""
+        """One image's distance: a single matrix-vector product, on one BLAS thread."""
         centred = np.asarray(vector, dtype=np.float32).ravel() - self.mean
-        return float(np.linalg.norm(self.whitening @ centred))
+        with _blas_lock, _one_blas_thread():
+            return float(np.linalg.norm(self.whitening @ centred))
+
+
+def _one_blas_thread():
+    """Limit BLAS to one thread (the caller holds ``_blas_lock``). A matrix-vector
+    product is bound by memory: OpenBLAS's threads gain nothing and, waiting for cores
+    the model keeps busy, made it 8 ms instead of 0.8 ms for 2048 features."""
+    global _blas_controller
+    if _blas_controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _blas_controller = ThreadpoolController()
+        except ImportError:  # scikit-learn brings it; without it, BLAS as it is
+            _blas_controller = False
+    if not _blas_controller:
+        return contextlib.nullcontext()
+    return _blas_controller.limit(limits=1, user_api="blas")
 
 
 def pool_features(maps: np.ndarray) -> np.ndarray:
