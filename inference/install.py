@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .onnx_cache import folder_lock
+from .ood import profile_path
 from .recognise import from_layers, from_name, layer_names
 from .registry import (ARCHITECTURES, MODALITIES, ModelCard, check_output_width,
                        default_card, discover, model_relpath)
@@ -273,15 +274,16 @@ def _place_one(plan: Plan, model_dir: Path, cache_dir: str | None, echo) -> Path
 
 
 def remove_model(service, modality: str, arch: str, echo=print) -> list[Path]:
-    """Delete one slot's file, its card and its conversions; returns what was deleted."""
+    """Delete one slot's file, its card, its feature profile and its conversions;
+    returns what was deleted."""
     entry = next(e for e in service.entries() if e.key == (modality, arch))
     if not entry.available:
         raise InstallError(f"no {ARCHITECTURES[arch].name} {MODALITIES[modality].label} "
                            f"model is installed (it would be {entry.expected_relpath}).")
     with folder_lock(Path(service.model_dir)):  # not while it is being converted
         removed = [entry.path]
-        card = entry.path.with_suffix(".json")
-        removed += [card] if card.is_file() else []
+        beside = [entry.path.with_suffix(".json"), profile_path(entry.path)]
+        removed += [path for path in beside if path.is_file()]
         removed += conversions(entry.path, service.onnx_cache_dir)
         for path in removed:
             path.unlink(missing_ok=True)

@@ -515,11 +515,12 @@ def test_drive_failure_says_to_download_a_zip(app, monkeypatch):
 
 # -- remove, API, pages, conversion -------------------------------------------------------
 
-def test_remove_deletes_the_file_its_card_and_conversions_only(app, files, tmp_path):
+def test_remove_deletes_the_file_its_card_profile_and_conversions_only(app, files, tmp_path):
     for name in ("vgg16_ct.h5", "vgg16_cxr.h5"):
         assert run(app, "install", str(copy(files["two"], tmp_path / name))).exit_code == 0
     folder = model_dir(app) / "vgg16"
-    for suffix in (".0123456789abcdef.v2.onnx", ".0123456789abcdef.v2.failed"):
+    for suffix in (".0123456789abcdef.v2.onnx", ".0123456789abcdef.v2.failed",
+                   ".profile.npz"):
         (folder / f"VGG16_CT_model{suffix}").write_text("x")
         (folder / f"VGG16_CXR_model{suffix}").write_text("x")
     result = run(app, "remove", "ct", "VGG16")
@@ -527,7 +528,8 @@ def test_remove_deletes_the_file_its_card_and_conversions_only(app, files, tmp_p
     assert tree(model_dir(app)) == [
         "vgg16/VGG16_CXR_model.0123456789abcdef.v2.failed",
         "vgg16/VGG16_CXR_model.0123456789abcdef.v2.onnx",
-        "vgg16/VGG16_CXR_model.h5", "vgg16/VGG16_CXR_model.json"]
+        "vgg16/VGG16_CXR_model.h5", "vgg16/VGG16_CXR_model.json",
+        "vgg16/VGG16_CXR_model.profile.npz"]
     again = run(app, "remove", "ct", "vgg16")
     assert again.exit_code == 1 and "no VGG16 CT scan model is installed" in again.output
     assert run(app, "remove", "mri", "vgg16").exit_code == 1
