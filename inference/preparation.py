@@ -42,6 +42,22 @@ def failure_note(entry_path: Path, digest: str, cache_dir: str | None) -> Path:
     return target.with_suffix(".failed")
 
 
+def converting_note(entry_path: Path, digest: str, cache_dir: str | None) -> Path:
+    """Holds the pid of the process converting these bytes, so every worker can say
+    ``converting``; a note whose process is gone means nothing."""
+    return onnx_cache.onnx_path_for(entry_path, digest, cache_dir).with_suffix(".converting")
+
+
+def _held_by_live_process(note: Path) -> bool:
+    try:
+        os.kill(int(note.read_text(encoding="ascii")), 0)
+    except PermissionError:  # alive, under another user
+        return True
+    except (OSError, ValueError):  # no note, garbage, or its process has ended
+        return False
+    return True
+
+
 def convert_entry(entry: ModelEntry, cache_dir: str | None = None, threads: int = 0,
                   force: bool = False):
     """Convert one model now: ``(path, report, converted)``. The one conversion path,
@@ -110,7 +126,10 @@ class Preparer:
         note = failure_note(entry.path, digest, self.cache_dir)
         if note.is_file():
             return "failed: " + note.read_text(encoding="utf-8", errors="replace")[:300]
-        return "converting" if self.converting == str(entry.path) else "waiting"
+        if self.converting == str(entry.path) or _held_by_live_process(
+                converting_note(entry.path, digest, self.cache_dir)):
+            return "converting"
+        return "waiting"
 
     def pending(self) -> list[ModelEntry]:
         """Installed models with a valid card and no conversion or failure note yet."""
@@ -145,9 +164,15 @@ class Preparer:
             if self.status(entry) != "waiting":  # another worker finished it meanwhile
                 return True
             self.converting = str(entry.path)
+            note = converting_note(entry.path, onnx_cache.file_sha256(entry.path),
+                                   self.cache_dir)
             try:
+                with contextlib.suppress(OSError):  # the note only informs other workers
+                    note.parent.mkdir(parents=True, exist_ok=True)
+                    note.write_text(str(os.getpid()), encoding="ascii")
                 self._run_child(entry)
             finally:
+                note.unlink(missing_ok=True)
                 self.converting = None
         return True
 
