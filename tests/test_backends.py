@@ -1,17 +1,15 @@
-"""Inference backends: ONNX conversion checked against Keras, cached by file hash,
-chosen by configuration, a Keras-served model switching to its conversion, and a
-bounded cache."""
+"""Inference backends: which one serves a model (the configured choice, ``auto`` and the
+speeds it measured, a Keras-served model switching to its conversion, ONNX serving
+without TensorFlow), what the models API reports of it, ``flask models compile`` and
+``warm``, and gunicorn's thread settings. The conversion itself is tested in
+test_conversion.py, the cache and batching in test_model_cache.py."""
 
 from __future__ import annotations
 
-import gc
 import json
 import runpy
 import subprocess
 import sys
-import threading
-import weakref
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,171 +17,16 @@ import pytest
 from app import create_app
 from inference import onnx_cache
 from inference.cache import ModelCache
-from inference.onnx_cache import ConversionRefused
 from inference.preparation import convert_entry
-from inference.registry import discover
-from inference.runners import (KerasGraphBackend, OnnxBackend, conversion_supported,
-                               load_keras_model)
+from inference.runners import OnnxBackend, conversion_supported
 from web.cli import parse_warm_models
 
+from .backend_helpers import ROOT, entry_for, onnx_files, random_batch, relative_to_peak
+from .backend_helpers import converted_dir_fixture, tiny_dir_fixture  # noqa: F401 - fixtures
 from .conftest import testing_config
-from .model_factory import full_size_model, install, tiny_model
-
-CARD_32 = {"input_size": [32, 32]}
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not conversion_supported(),
                                 reason="needs onnx, onnxruntime and tf2onnx")
-
-
-def entry_for(model_dir, modality="ct", arch="vgg16"):
-    return next(e for e in discover(model_dir) if e.key == (modality, arch))
-
-
-def onnx_files(folder: Path) -> list[Path]:
-    return sorted(folder.rglob("*.onnx"))
-
-
-def random_batch(size=(32, 32), n=3, seed=1):
-    return np.random.default_rng(seed).random((n, *size, 3), dtype=np.float32)
-
-
-def relative_to_peak(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.max(np.abs(got - want))) / max(1.0, float(np.max(np.abs(want))))
-
-
-@pytest.fixture
-def tiny_dir(tmp_path):
-    """One tiny model (CT VGG16 slot) in its own folder."""
-    install(tiny_model(seed=7), tmp_path, "vgg16", "ct", CARD_32)
-    return tmp_path
-
-
-@pytest.fixture
-def converted_dir(tiny_dir):
-    """The tiny model with its checked ONNX conversion cached beside it."""
-    convert_entry(entry_for(tiny_dir))
-    return tiny_dir
-
-
-# ----------------------------------------------------------------- conversion
-
-
-def test_conversion_matches_keras_and_is_named_by_file_hash(tiny_dir):
-    entry = entry_for(tiny_dir)
-    path, report, converted = convert_entry(entry)
-    digest = onnx_cache.file_sha256(entry.path)
-    assert converted
-    assert path == entry.path.with_name(f"VGG16_CT_model.{digest[:16]}.v2.onnx")
-    assert onnx_cache.FORMAT == 2
-    assert report.source_sha256 == digest and report.max_abs_diff <= 1e-4
-    assert report.keras_ms > 0 and report.onnx_ms > 0
-    assert report.features  # the graph also returns the last feature map
-
-    keras_model, _ = load_keras_model(entry.path)
-    batch = random_batch()
-    outputs, features = OnnxBackend(path).run(batch)
-    np.testing.assert_allclose(outputs, keras_model.predict(batch, verbose=0), atol=1e-4)
-    assert features.shape == (3, 30, 30, 4)  # the 3x3 "conv" layer's map
-    assert onnx_cache.report_of(OnnxBackend(path)) == report  # the check travels inside
-
-
-def test_full_size_architecture_converts_within_tolerance(tmp_path):
-    """A real 224 x 224 network with the published head, not only a toy graph."""
-    model = full_size_model("resnet50")
-    install(model, tmp_path, "resnet50", "xray")
-    entry = entry_for(tmp_path, "xray", "resnet50")
-    path, report, _ = convert_entry(entry)
-    assert report.max_abs_diff <= 1e-4 and report.features
-    batch = random_batch((224, 224), n=2, seed=3)
-    outputs, features = OnnxBackend(path).run(batch)
-    np.testing.assert_allclose(outputs, model.predict(batch, verbose=0), atol=1e-4)
-    assert features.shape == (2, 7, 7, 2048)  # conv5_block3_out
-
-
-def test_conversion_outside_tolerance_is_refused_and_not_kept(tiny_dir):
-    entry = entry_for(tiny_dir)
-    model, _ = load_keras_model(entry.path)
-    runner = KerasGraphBackend(model, (32, 32))
-    with pytest.raises(ConversionRefused, match="differ from Keras"):
-        onnx_cache.convert_to_onnx(runner, entry.path, onnx_cache.file_sha256(entry.path),
-                                   tolerance=-1.0)
-    assert onnx_files(tiny_dir) == []  # neither the conversion nor its temporary file
-
-
-def test_onnx_feature_maps_match_the_keras_graph(converted_dir):
-    entry = entry_for(converted_dir)
-    [path] = onnx_files(converted_dir)
-    keras_runner = KerasGraphBackend(load_keras_model(entry.path)[0], (32, 32))
-    batch = random_batch(n=4, seed=5)
-    want_outputs, want_maps = keras_runner.run(batch)
-    loaded = ModelCache(backend="onnx").get(entry)
-    assert loaded.backend_name == "onnx"
-    got_outputs, got_maps = loaded.run_with_features(batch)
-    assert got_maps.shape == want_maps.shape == (4, 30, 30, 4)
-    assert float(np.max(np.abs(want_maps))) > 0  # a map with something in it
-    assert relative_to_peak(got_maps, want_maps) <= 1e-4
-    np.testing.assert_allclose(got_outputs, want_outputs, atol=1e-4)
-    assert onnx_cache.compare(keras_runner, OnnxBackend(path), batch, "x", 1e-4) <= 1e-4
-
-
-def test_compare_refuses_feature_maps_that_differ(converted_dir):
-    """Equal outputs are not enough: a heatmap is computed from the map."""
-    entry = entry_for(converted_dir)
-    [path] = onnx_files(converted_dir)
-    keras_runner = KerasGraphBackend(load_keras_model(entry.path)[0], (32, 32))
-    onnx_runner = OnnxBackend(path)
-
-    class ShiftedMaps:
-        def run(self, batch):
-            outputs, maps = onnx_runner.run(batch)
-            return outputs, maps + 1e-3 * max(1.0, float(np.max(np.abs(maps))))
-
-    batch = random_batch(n=2)
-    with pytest.raises(ConversionRefused, match="feature maps differ"):
-        onnx_cache.compare(keras_runner, ShiftedMaps(), batch, "VGG16_CT_model.h5", 1e-4)
-
-
-def test_changed_model_file_gets_a_new_conversion(converted_dir):
-    [first] = onnx_files(converted_dir)
-    install(tiny_model(seed=8), converted_dir, "vgg16", "ct", CARD_32)
-    entry = entry_for(converted_dir)
-    cache = ModelCache(backend="auto")
-    loaded = cache.get(entry)
-    assert loaded.backend_name == "keras-graph"  # the old conversion is not this file's
-    batch = random_batch()
-    keras_out = loaded.run_batch(batch)
-    path, _, converted = convert_entry(entry)
-    assert converted and path != first
-    assert path.name == f"VGG16_CT_model.{onnx_cache.file_sha256(entry.path)[:16]}.v2.onnx"
-    assert onnx_files(converted_dir) == [path]  # the stale one is gone
-    second = ModelCache(backend="auto").get(entry)
-    assert second.backend_name == "onnx"
-    np.testing.assert_allclose(second.run_batch(batch), keras_out, atol=1e-4)
-
-
-def test_conversion_of_an_older_format_is_made_again(converted_dir):
-    """A conversion named for another format version is neither served nor kept."""
-    [current] = onnx_files(converted_dir)
-    old = current.with_name(current.name.replace(".v2.onnx", ".onnx"))
-    current.rename(old)
-    entry = entry_for(converted_dir)
-    assert ModelCache(backend="onnx").get(entry).backend_name == "keras-graph"
-    path, _, converted = convert_entry(entry)
-    assert converted and path == current
-    assert onnx_files(converted_dir) == [current]
-
-
-def test_convert_again_reuses_the_cached_file(converted_dir, tmp_path):
-    _, _, converted = convert_entry(entry_for(converted_dir))
-    assert not converted
-    app = create_app(testing_config(tmp_path, MODEL_DIR=str(converted_dir)))
-    service = app.extensions["inference"]
-    _, _, converted = service.convert(entry_for(converted_dir))
-    assert not converted
-    path, report, converted = service.convert(entry_for(converted_dir), force=True)
-    assert converted and onnx_files(converted_dir) == [path]
-    assert report.max_abs_diff <= 1e-4
 
 
 # ----------------------------------------------------------------- selection
@@ -357,120 +200,3 @@ def test_importing_the_app_does_not_import_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
-
-
-# ----------------------------------------------------------------- cache
-
-
-def test_eviction_honours_max_loaded_models_and_frees_the_model(tmp_path):
-    for arch in ("vgg16", "vgg19", "inceptionv3"):
-        install(tiny_model(), tmp_path, arch, "ct", CARD_32)
-    cache = ModelCache(max_loaded=2, backend="keras")
-    first = cache.get(entry_for(tmp_path, "ct", "vgg16"))
-    gone = weakref.ref(first)
-    gone_keras = weakref.ref(first.keras_model)
-    del first
-    cache.get(entry_for(tmp_path, "ct", "vgg19"))
-    cache.get(entry_for(tmp_path, "ct", "inceptionv3"))
-    assert len(cache.loaded()) == 2
-    assert not cache.is_loaded(entry_for(tmp_path, "ct", "vgg16"))
-    gc.collect()
-    assert gone() is None and gone_keras() is None
-
-
-def test_concurrent_first_requests_load_once_and_all_answer(converted_dir):
-    entry = entry_for(converted_dir)
-    cache = ModelCache(backend="onnx")
-    barrier = threading.Barrier(8)
-    outputs, errors = [], []
-    batch = random_batch(n=1)
-
-    def client():
-        barrier.wait()
-        try:
-            outputs.append(cache.get(entry).run_batch(batch))
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=client) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    assert cache.load_counts[("ct", "vgg16")] == 1
-    for output in outputs:
-        np.testing.assert_allclose(output, outputs[0], atol=1e-6)
-
-
-def test_queued_requests_run_together_and_each_gets_its_own_answer(converted_dir):
-    loaded = ModelCache(backend="onnx").get(entry_for(converted_dir))
-    batcher = loaded.batcher
-    images = [random_batch(n=1, seed=seed) for seed in range(8)]
-    expected = [loaded.run_batch(image) for image in images]
-    assert batcher.batch_sizes == {1: 8}  # the warm-up: one pass per image
-    calls = []
-    real_run = batcher.run
-
-    def counting_run(batch):
-        calls.append(len(batch))
-        return real_run(batch)
-
-    batcher.run = counting_run
-    outputs = [None] * 8
-    barrier = threading.Barrier(8)
-
-    def client(index):
-        barrier.wait()
-        outputs[index] = loaded.run_batch(images[index])
-
-    with loaded.gate:  # hold the cores so that all eight queue up
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-        for thread in threads:
-            thread.start()
-        while len(batcher._pending) < 8:
-            threading.Event().wait(0.01)
-    for thread in threads:
-        thread.join()
-    assert calls == [8]  # one forward pass for the eight requests
-    assert batcher.batch_sizes == {1: 8, 8: 1}
-    for output, want in zip(outputs, expected):
-        np.testing.assert_allclose(output, want, atol=1e-5)
-
-
-def test_a_failing_forward_pass_reaches_every_waiting_request(converted_dir):
-    loaded = ModelCache(backend="onnx").get(entry_for(converted_dir))
-
-    def broken(batch):
-        raise RuntimeError("out of memory")
-
-    loaded.batcher.run = broken
-    with pytest.raises(RuntimeError, match="out of memory"):
-        loaded.run_batch(random_batch(n=1))
-    assert loaded.batcher._pending == []
-    assert not loaded.batcher.batch_sizes  # a failed pass is not counted as a batch
-
-
-def test_a_batch_that_cannot_be_formed_fails_every_waiting_request(converted_dir):
-    loaded = ModelCache(backend="onnx").get(entry_for(converted_dir))
-    errors = []
-
-    def client(batch):
-        try:
-            loaded.run_batch(batch)
-        except ValueError as exc:  # collected and asserted below
-            errors.append(exc)
-
-    odd_shapes = [random_batch(n=1), random_batch((16, 16), n=1)]
-    threads = [threading.Thread(target=client, args=(batch,), daemon=True)
-               for batch in odd_shapes]
-    with loaded.gate:  # both queue up, then one pass is tried for the two
-        for thread in threads:
-            thread.start()
-        while len(loaded.batcher._pending) < 2:
-            threading.Event().wait(0.01)
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads), "a request was left waiting"
-    assert len(errors) == 2
-    assert loaded.batcher._pending == []
