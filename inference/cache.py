@@ -224,9 +224,7 @@ class ModelCache:
         log.info("loaded %s in %.0f ms (+%.0f MiB), serving with %s", entry.path.name,
                  load_ms, memory, runner.name)
         problem = check_output_width(entry.card, width)
-        which = (f"its model card {entry.path.with_suffix('.json').name}"
-                 if entry.card_signature else "the published defaults (it has no card)")
-        card_error = f"{entry.path.name} does not fit {which}: {problem}." if problem else None
+        card_error = entry.misfit(problem) if problem else None
         return LoadedModel(entry, runner, loader, load_ms, memory, gate=self.gate,
                            threads=self.threads, conversion=report, card_error=card_error,
                            _keras_model=model)

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .onnx_cache import folder_lock
+from .onnx_cache import file_sha256, folder_lock
 from .ood import profile_path
 from .recognise import from_layers, from_name, layer_names
 from .registry import (ARCHITECTURES, MODALITIES, ModelCard, check_output_width,
                        default_card, discover, model_relpath)
-from .sources import (PUBLISHED, Candidate, InstallError, file_sha256, gather, is_url,
+from .sources import (PUBLISHED, Candidate, InstallError, gather, is_url,
                       published_metrics)
 
 

@@ -129,10 +129,7 @@ def run_model(loaded: LoadedModel, decoded: DecodedImage
     try:
         return model_result(loaded.entry.architecture, outputs[0], card, elapsed_ms), features
     except ValueError as exc:  # a card that does not fit its model: that model is out
-        entry = loaded.entry
-        which = (f"its model card {entry.path.with_suffix('.json').name}"
-                 if entry.card_signature else "the published defaults (it has no card)")
-        raise ModelUnavailable(f"{entry.path.name} does not fit {which}: {exc}.") from exc
+        raise ModelUnavailable(loaded.entry.misfit(str(exc))) from exc
 
 
 def combine(results: list[ModelResult]) -> Ensemble | None:

@@ -228,6 +228,13 @@ class ModelEntry:
     def display_name(self) -> str:
         return ARCHITECTURES[self.architecture].name
 
+    def misfit(self, problem: str) -> str:
+        """The message for an output that does not fit this model's card (or, without
+        a card, the published defaults)."""
+        which = (f"its model card {self.path.with_suffix('.json').name}"
+                 if self.card_signature else "the published defaults (it has no card)")
+        return f"{self.path.name} does not fit {which}: {problem}."
+
     @property
     def expected_relpath(self) -> str:
         return model_relpath(self.architecture, self.modality)

@@ -10,7 +10,6 @@ request; anything else fetched lives only in the scratch folder.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from .download import DownloadFailed, fetch_url, partial_path
+from .onnx_cache import file_sha256
 
 PUBLISHED = {
     "published-ct": ("ct", "https://drive.google.com/drive/folders/"
@@ -132,11 +132,6 @@ def walk(folder: Path, label: str | None = None) -> list[Candidate]:
     prefix = Path(folder).name if label is None else label
     return [Candidate(p, f"{prefix}/{p.relative_to(folder).as_posix()}".lstrip("/"))
             for p in found]
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def check_sha256(path: Path, expected: str) -> None:

@@ -12,31 +12,17 @@ import pytest
 
 from inference import onnx_cache
 from inference.preparation import Preparer, converting_note
-from inference.registry import discover
 from inference.runners import conversion_supported
 
 from .model_factory import install, tiny_model
+from .preparation_helpers import entry_for, wait_for
 
 pytestmark = pytest.mark.skipif(not conversion_supported(),
                                 reason="needs onnx, onnxruntime and tf2onnx")
-DEADLINE_S = 120
-
-
-def entry_for(model_dir):
-    return next(e for e in discover(model_dir) if e.key == ("ct", "vgg16"))
 
 
 def note_for(entry):
     return converting_note(entry.path, onnx_cache.file_sha256(entry.path), None)
-
-
-def wait_for(condition, what):
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_another_worker_sees_the_conversion_in_progress(tmp_path):

@@ -119,10 +119,7 @@ def _result(loaded, output: np.ndarray) -> ModelResult:
     try:
         return model_result(loaded.entry.architecture, output, loaded.card)
     except ValueError as exc:
-        entry = loaded.entry
-        which = (f"its model card {entry.path.with_suffix('.json').name}"
-                 if entry.card_signature else "the published defaults (it has no card)")
-        raise ModelUnavailable(f"{entry.path.name} does not fit {which}: {exc}.") from exc
+        raise ModelUnavailable(loaded.entry.misfit(str(exc))) from exc
 
 
 def write_csv(rows: list[Row], handle) -> None:
