@@ -20,7 +20,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -28,6 +27,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.timing import samples_ms  # noqa: E402
 from inference.dicom import decode_dicom  # noqa: E402
 from inference.image import DecodedImage  # noqa: E402
 from inference.sanity import sanity_warnings  # noqa: E402
@@ -37,12 +37,7 @@ from tests.model_factory import APPLICATIONS, full_size_model, install  # noqa: 
 
 def timed_ms(call, repeat: int) -> dict:
     """Median and spread of ``repeat`` calls after one warm-up call."""
-    call()
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - started) * 1000)
+    samples = samples_ms(call, repeat)
     return {"median_ms": round(statistics.median(samples), 1),
             "min_ms": round(min(samples), 1), "max_ms": round(max(samples), 1)}
 

@@ -24,7 +24,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -32,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from bench.timing import samples_ms  # noqa: E402
 from inference import ood  # noqa: E402
 from tests.ood_images import (PER_CLASS, detector_figures, held_out_scans,  # noqa: E402
                               ood_images, served_distances, small_base, training_arguments)
@@ -65,12 +65,7 @@ def accuracy_row(seed: int, per_kind: int, folder: Path) -> dict:
 def timed_ms(call, repeat: int) -> tuple[float, float]:
     """Median and 95th percentile milliseconds of ``call()`` over ``repeat`` runs,
     after a warm-up."""
-    call()
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
+    times = samples_ms(call, repeat)
     return statistics.median(times), float(np.percentile(times, 95))
 
 
