@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +17,15 @@ from inference.runners import load_keras_model
 from inference.predict import verdict
 from inference.preprocess import decode_image, prepare
 from inference.registry import ModelCard, discover
-from training.__main__ import build_parser, main
+from training.__main__ import main
 from training.datasets import load_dataset
 from training.models import build_model, freeze_base, unfreeze_top
 from training.pipeline import make_dataset
-from training.train import run_training
 
 from .conftest import testing_config
-from .training_data import ct_dataset, tiny_base, write_images
+from .training_data import ct_dataset, write_images
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CARD_KEYS = {"architecture", "modality", "classes", "input_size", "preprocessing", "resize",
              "threshold", "metrics", "seed", "split", "split_sizes", "history", "training",
@@ -34,14 +38,21 @@ def synthetic_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     write_images(root / "data" / "COVID", 100, True, seed=1)
     write_images(root / "data" / "non-COVID", 100, False, seed=2)
-    args = build_parser().parse_args([
+    argv = [
         "train", "--data", str(root / "data"), "--modality", "ct", "--arch", "vgg16",
         "--weights", "none", "--input-size", "32", "--epochs", "14", "--head-epochs", "2",
         "--batch-size", "16", "--learning-rate", "3e-3", "--fine-tune-learning-rate",
         "3e-3", "--fine-tune", "all", "--patience", "4", "--output", str(root / "models"),
-        "--report", str(root / "report"), "--verbose", "0"])
-    card = run_training(args, base_builder=tiny_base)
-    return root, card
+        "--report", str(root / "report"), "--verbose", "0"]
+    # A fresh process: the same training in a process shaped by hundreds of earlier
+    # tests (thread pools, graph state) sometimes collapsed to one class.
+    code = ("import sys; from training.__main__ import build_parser; "
+            "from training.train import run_training; from tests.training_data import tiny_base; "
+            "run_training(build_parser().parse_args(sys.argv[1:]), base_builder=tiny_base)")
+    subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    card_path = root / "models" / "vgg16" / "VGG16_CT_model.json"
+    return root, json.loads(card_path.read_text(encoding="utf-8"))
 
 
 def test_short_training_separates_the_synthetic_classes(synthetic_run):
