@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from playwright.sync_api import expect
+
 from .conftest import screenshot
 
 # Every CSP violation, also those that reach no console message (a blocked style
@@ -53,5 +55,6 @@ def test_copy_button_copies_the_curl_command(page, site):
     page.goto("/api")
     button = page.locator("button[data-copy=curl-models]")
     button.click()
-    assert button.inner_text() == "Copied"
+    # writeText resolves asynchronously: wait (up to Playwright's deadline) for the label.
+    expect(button).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == f"curl {site.url}/api/v1/models"
