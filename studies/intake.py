@@ -77,9 +77,10 @@ def read_uploads(uploads: list[tuple[str | None, bytes]], limits: Limits) -> Int
     sorter = _Sorter(limits)
     for index, (filename, data) in enumerate(uploads, 1):
         name = display_name(filename, index)
-        if sorter.skips_by_name(filename or "", name):
+        if skipped_by_name(filename or "", name):
+            sorter.skipped.append(name)
             continue
-        if _is_archive(name, data):
+        if name.lower().endswith(ARCHIVE_SUFFIXES) or _is_archive_data(data):
             raise UnsafeArchive(f"'{shown(name)}' is an archive: send one archive in the "
                                 "'archive' field, or the images themselves, not both.")
         sorter.add(name, data)
@@ -95,21 +96,23 @@ def read_archive(data: bytes, limits: Limits) -> Intake:
         raise UnsupportedImage("The archive is not a readable .zip file.") from exc
     with archive:
         sorter = _Sorter(limits)
-        entries = _checked_entries(archive.infolist(), sorter, limits)
         budget = limits.max_bytes
-        for info in entries:
+        for info in _checked_entries(archive.infolist(), limits):
+            name = display_name(info.filename)
+            if skipped_by_name(info.filename, name):  # never inflated
+                sorter.skipped.append(name)
+                continue
             content = _inflate(archive, info, budget, limits)
             budget -= len(content)
             if _is_archive_data(content):
                 raise UnsafeArchive(_nested(info.filename))
-            sorter.add(display_name(info.filename), content)
+            sorter.add(name, content)
             del content
     return sorter.finish()
 
 
-def _checked_entries(infos: list[zipfile.ZipInfo], sorter: _Sorter,
-                     limits: Limits) -> list[zipfile.ZipInfo]:
-    """Every entry's metadata checked, before any is inflated; returns those to read."""
+def _checked_entries(infos: list[zipfile.ZipInfo], limits: Limits) -> list[zipfile.ZipInfo]:
+    """Every entry's metadata checked, before any is inflated; the files among them."""
     if len(infos) > limits.entries:
         raise StudyTooLarge(f"The archive holds more than {limits.entries} entries, the most "
                             "this server examines: split the study into smaller archives.")
@@ -122,7 +125,10 @@ def _checked_entries(infos: list[zipfile.ZipInfo], sorter: _Sorter,
         if info.flag_bits & 0x1:
             raise UnsafeArchive(f"The archive entry '{shown(entry)}' is encrypted: send an "
                                 "archive without a password.")
-        if info.is_dir() or sorter.skips_by_name(entry, display_name(entry)):
+        if info.is_dir():
+            continue
+        to_read.append(info)
+        if skipped_by_name(entry, display_name(entry)):
             continue
         if entry.lower().endswith(ARCHIVE_SUFFIXES):
             raise UnsafeArchive(_nested(entry))
@@ -136,7 +142,6 @@ def _checked_entries(infos: list[zipfile.ZipInfo], sorter: _Sorter,
         declared += info.file_size
         if declared > limits.max_bytes:
             raise StudyTooLarge(_too_many_bytes(limits))
-        to_read.append(info)
     return to_read
 
 
@@ -173,14 +178,6 @@ class _Sorter:
         self.skipped: list[str] = []
         self.empty: list[str] = []
 
-    def skips_by_name(self, path: str, name: str) -> bool:
-        """Folder metadata and indexes, recognised by name (and so never read)."""
-        parts = [part for part in path.replace("\\", "/").split("/") if part]
-        if "__MACOSX" in parts or name.startswith(".") or name.lower() in SKIPPED_NAMES:
-            self.skipped.append(name)
-            return True
-        return False
-
     def add(self, name: str, data: bytes) -> None:
         if not data:
             self.empty.append(name)
@@ -216,6 +213,12 @@ def display_name(path: str | None, index: int | None = None) -> str:
     return base
 
 
+def skipped_by_name(path: str, name: str) -> bool:
+    """Folder metadata and indexes, recognised by name (and so never read)."""
+    parts = path.replace("\\", "/").split("/")
+    return "__MACOSX" in parts or name.startswith(".") or name.lower() in SKIPPED_NAMES
+
+
 def shown(name: str) -> str:
     """A name quoted in a message, cut so a crafted name cannot flood it."""
     name = re.sub(r"[\x00-\x1f\x7f]", "?", name)
@@ -230,10 +233,6 @@ def _climbs_out(entry: str) -> bool:
     return ".." in path.split("/")
 
 
-def _is_archive(name: str, data: bytes) -> bool:
-    return name.lower().endswith(ARCHIVE_SUFFIXES) or _is_archive_data(data)
-
-
 def _is_archive_data(data: bytes) -> bool:
     if data.startswith(ARCHIVE_MAGIC) or data[257:262] == b"ustar":
         return True
@@ -243,14 +242,15 @@ def _is_archive_data(data: bytes) -> bool:
 def _looks_like_image(name: str, data: bytes) -> bool:
     """A raster signature or DICOM, by content; a ``.dcm`` name admits DICOM without its
     preamble, as decode_image does. Images are not decoded here."""
-    if is_dicom(data) or data.startswith(IMAGE_MAGIC):
+    return is_dicom(data) or raster_signature(data) or name.lower().endswith(DICOM_SUFFIXES)
+
+
+def raster_signature(data: bytes) -> bool:
+    """PNG, JPEG, TIFF, GIF, WebP or BMP magic bytes."""
+    if data.startswith(IMAGE_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
         return True
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return True
-    if data[:2] == b"BM" and len(data) >= 18:
-        if struct.unpack_from("<I", data, 14)[0] in BMP_HEADER_SIZES:
-            return True
-    return name.lower().endswith(DICOM_SUFFIXES)
+    return (data[:2] == b"BM" and len(data) >= 18
+            and struct.unpack_from("<I", data, 14)[0] in BMP_HEADER_SIZES)
 
 
 def _is_dicom_directory(data: bytes) -> bool:
