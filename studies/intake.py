@@ -107,7 +107,6 @@ def read_archive(data: bytes, limits: Limits) -> Intake:
             if _is_archive_data(content):
                 raise UnsafeArchive(_nested(info.filename))
             sorter.add(name, content)
-            del content
     return sorter.finish()
 
 
