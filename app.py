@@ -12,9 +12,9 @@ from flask import Flask
 from sqlalchemy.exc import OperationalError
 
 from config import Config, TestingConfig  # noqa: F401 - TestingConfig re-exported
-from extensions import csrf, db, inference, limiter
+from extensions import csrf, db, inference, job_queue, limiter
 from web.secret_key import ensure_secret_key
-from web.uploads import InMemoryUploadRequest
+from web.uploads import InMemoryUploadRequest, allow_study_sized_bodies
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -46,9 +46,11 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 def register_extensions(app: Flask) -> None:
     db.init_app(app)
+    app.before_request(allow_study_sized_bodies)  # before CSRF reads the form
     csrf.init_app(app)
     limiter.init_app(app)
     import contact.models  # noqa: F401 - registers the table
+    import studies.models  # noqa: F401 - registers the tables
 
     with app.app_context():
         try:
@@ -62,11 +64,13 @@ def register_extensions(app: Flask) -> None:
 
 def register_services(app: Flask) -> None:
     inference.init_app(app)
+    job_queue.init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:
     from contact.views import bp as contact_bp
     from web.api import bp as api_bp
+    from web.studies_api import bp as studies_api_bp
     from web.apidocs import bp as apidocs_bp
     from web.health import bp as health_bp
     from web.pages import bp as pages_bp
@@ -74,9 +78,11 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(pages_bp)
     app.register_blueprint(contact_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(studies_api_bp)
     app.register_blueprint(apidocs_bp)
     app.register_blueprint(health_bp)
     csrf.exempt(api_bp)
+    csrf.exempt(studies_api_bp)
     csrf.exempt(health_bp)
 
 
@@ -88,10 +94,12 @@ def register_error_handlers(app: Flask) -> None:
 
 def register_commands(app: Flask) -> None:
     from contact.cli import contact_cli
+    from jobs.cli import worker_command
     from web.cli import models_cli
 
     app.cli.add_command(contact_cli)
     app.cli.add_command(models_cli)
+    app.cli.add_command(worker_command)
 
 
 def register_security(app: Flask) -> None:

@@ -46,6 +46,22 @@ class Config:
     CONTACT_FORWARD_RETRY_S = 30
     CONTACT_FORWARD_RETRY_MAX_S = 3600
 
+    # Studies: many images as one background job (see studies/ and jobs/).
+    MAX_STUDY_IMAGES = 1000
+    MAX_STUDY_BYTES = 512 * 1024 * 1024  # uncompressed, all images together
+    STUDY_RETENTION_HOURS = 24  # results are purged this long after the study ends
+    STUDY_LEASE_S = 120  # a worker's hold on a study, renewed by every batch of images
+    STUDY_REQUEUE_AFTER_S = 300  # a study queued this long with no taker is queued again
+    STUDY_MAX_ATTEMPTS = 3  # workers a study may outlive before it fails
+    STUDY_MIN_RUN = 5  # study verdict: consecutive positive CT slices of one series...
+    STUDY_MIN_SHARE = 0.25  # ...or this share of all images positive
+    STUDY_RATE_LIMIT = "10 per minute"
+    # Queue: None = a SQLite file in the instance folder, worked by a thread in each web
+    # process (EMBEDDED_WORKER); redis://host:6379/0 = Redis, worked by `flask worker`.
+    BROKER_URL = None
+    EMBEDDED_WORKER = True
+    WORKER_SWEEP_S = 30  # how often workers look for stalled and expired studies
+
     # Rate limits (Flask-Limiter).
     RATELIMIT_ENABLED = True
     RATELIMIT_STORAGE_URI = "memory://"
@@ -65,3 +81,4 @@ class TestingConfig(Config):
     RATELIMIT_ENABLED = False
     SECRET_KEY = "test-only-secret"
     PREPARE_MODELS = False  # tests convert explicitly
+    EMBEDDED_WORKER = False  # tests that run studies start a worker themselves

@@ -6,6 +6,8 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.orm import DeclarativeBase
 
+from jobs.queue import JobQueue
+
 
 class Base(DeclarativeBase):
     pass
@@ -58,3 +60,4 @@ class Inference:
 
 
 inference = Inference()
+job_queue = JobQueue()  # the task queue for studies (jobs/queue.py)

@@ -117,19 +117,27 @@ def model_result(architecture: str, output: np.ndarray, card: ModelCard,
     )
 
 
-def run_model(loaded: LoadedModel, decoded: DecodedImage
-              ) -> tuple[ModelResult, np.ndarray | None]:
-    """Preprocess for this model's card and run it on one image: the result, and the
-    last feature map of that pass (for a heatmap; None when the runner has none)."""
+def run_prepared(loaded: LoadedModel, batch: np.ndarray
+                 ) -> list[tuple[ModelResult, np.ndarray | None]]:
+    """Run a preprocessed ``(n, h, w, 3)`` batch: per image, its result and its slice of
+    the last feature map (for a heatmap or the OOD check; None when the runner has
+    none). A single image and a study's batches go through this one path."""
     card = loaded.card
     started = time.perf_counter()
-    batch = prepare(decoded.pixels, card)[None, ...]
     outputs, features = loaded.run_with_features(batch)
-    elapsed_ms = (time.perf_counter() - started) * 1000
+    per_image_ms = (time.perf_counter() - started) * 1000 / max(1, len(batch))
     try:
-        return model_result(loaded.entry.architecture, outputs[0], card, elapsed_ms), features
+        return [(model_result(loaded.entry.architecture, outputs[i], card, per_image_ms),
+                 None if features is None else features[i:i + 1])
+                for i in range(len(batch))]
     except ValueError as exc:  # a card that does not fit its model: that model is out
         raise ModelUnavailable(loaded.entry.misfit(str(exc))) from exc
+
+
+def run_model(loaded: LoadedModel, decoded: DecodedImage
+              ) -> tuple[ModelResult, np.ndarray | None]:
+    """Preprocess for this model's card and run it on one image."""
+    return run_prepared(loaded, prepare(decoded.pixels, loaded.card)[None, ...])[0]
 
 
 def combine(results: list[ModelResult]) -> Ensemble | None:
@@ -174,6 +182,15 @@ def modality_warnings(decoded: DecodedImage, modality: str) -> list[str]:
             f"was chosen: check the choice."]
 
 
+def image_warnings(decoded: DecodedImage, modality: str, chosen: list[ModelEntry]
+                   ) -> list[str]:
+    """What to tell about an image before any model runs: decoding notes, a DICOM of
+    another modality, and an image that does not look like a chest image."""
+    largest_input = max((e.card.input_size for e in chosen), key=lambda size: size[0] * size[1])
+    return (list(decoded.warnings) + modality_warnings(decoded, modality)
+            + sanity_warnings(decoded, modality, largest_input))
+
+
 def add_heatmap(result: ModelResult, loaded: LoadedModel, decoded: DecodedImage,
                 warnings: list[str], features: np.ndarray | None = None) -> None:
     """Attach a Grad-CAM heatmap (from the prediction's own feature map when there is
@@ -206,9 +223,7 @@ def predict(decoded: DecodedImage, modality: str, architecture: str,
     ``explain`` adds each model's Grad-CAM heatmap (base64 PNG) and its cost.
     """
     chosen = select_entries(entries, modality, architecture)
-    largest_input = max((e.card.input_size for e in chosen), key=lambda size: size[0] * size[1])
-    warnings = (list(decoded.warnings) + modality_warnings(decoded, modality)
-                + sanity_warnings(decoded, modality, largest_input))
+    warnings = image_warnings(decoded, modality, chosen)
     results = []
     for entry in chosen:
         try:

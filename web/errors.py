@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from inference.errors import (InvalidRequest, ModelUnavailable, ServiceError, UnsupportedImage,
                               UnusableImage)
+from studies.errors import StudyNotFound, StudyTooLarge, UnsafeArchive
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,9 @@ DOMAIN_ERRORS: dict[type[ServiceError], tuple[int, str]] = {
     UnsupportedImage: (415, "unsupported_media_type"),
     UnusableImage: (422, "unprocessable_image"),
     ModelUnavailable: (503, "model_unavailable"),
+    StudyTooLarge: (413, "study_too_large"),
+    UnsafeArchive: (422, "unsafe_archive"),
+    StudyNotFound: (404, "not_found"),
 }
 
 _HTTP_CODES = {

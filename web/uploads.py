@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import typing as t
 
-from flask import Request
+from flask import Request, current_app, request
 
 
 class InMemoryUploadRequest(Request):
@@ -20,3 +20,18 @@ class InMemoryUploadRequest(Request):
                          content_type: str | None, filename: str | None = None,
                          content_length: int | None = None) -> t.IO[bytes]:
         return io.BytesIO()
+
+
+# Where a whole study is uploaded (the API and the page's form).
+STUDY_UPLOAD_ENDPOINTS = {"studies_api.submit", "study_pages.submit"}
+FORM_PARTS_SLACK = 16  # the form's own fields besides the images
+BODY_SLACK = 1024 * 1024  # multipart headers around MAX_STUDY_BYTES of images
+
+
+def allow_study_sized_bodies() -> None:
+    """A study's body may be far larger than one image's (``MAX_STUDY_BYTES``, one part
+    per image). Registered before CSRF protection, which is the first to read a form."""
+    if request.endpoint in STUDY_UPLOAD_ENDPOINTS:
+        config = current_app.config
+        request.max_content_length = int(config["MAX_STUDY_BYTES"]) + BODY_SLACK
+        request.max_form_parts = int(config["MAX_STUDY_IMAGES"]) + FORM_PARTS_SLACK

@@ -1,0 +1,85 @@
+"""The task queue (Huey) as a Flask extension: one code path from laptop to cluster.
+
+Without ``BROKER_URL`` the queue is a SQLite file in the instance folder and each web
+process runs an embedded worker thread, so ``make run`` needs no server. With
+``FLASK_BROKER_URL=redis://...`` the queue lives in Redis and ``flask worker``
+processes, on any machine, take the jobs. Either way the job is the same function, and
+the database, not the queue, is the truth about a study: a lost message or a killed
+worker is repaired by ``housekeeping`` (see ``studies.store.stale_studies``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from huey import RedisHuey, SqliteHuey
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_POLL_S = 1.0  # an idle embedded worker looks at the queue this often
+
+
+def make_huey(broker_url: str | None, instance_path: str):
+    """The Huey instance for a broker URL: Redis, a SQLite file, or the default file."""
+    url = (broker_url or "").strip()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisHuey("lungscan", url=url, results=False)
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+    elif url:
+        raise ValueError(f"BROKER_URL must be redis://..., rediss://... or sqlite:///PATH, "
+                         f"not {url.split(':', 1)[0]}:...")
+    else:
+        path = os.path.join(instance_path, "queue.sqlite3")
+    return SqliteHuey("lungscan", filename=path, results=False, timeout=30)
+
+
+class JobQueue:
+    """``init_app`` builds the queue from config and registers the app's jobs."""
+
+    def __init__(self):
+        self.huey = None
+        self.embedded = False
+        self._app = None
+        self._wake = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def init_app(self, app) -> None:
+        from .tasks import register_tasks
+
+        self._app = app
+        self.huey = make_huey(app.config.get("BROKER_URL"), app.instance_path)
+        self.embedded = (not app.config.get("BROKER_URL")
+                         and bool(app.config.get("EMBEDDED_WORKER")))
+        self.tasks = register_tasks(self.huey, app)
+        app.extensions["job_queue"] = self
+        if self.embedded:
+            app.before_request(self.start_embedded_worker)
+
+    def enqueue_study(self, study_id: str) -> None:
+        """Queue a study; a broker that is down only delays it (housekeeping re-queues)."""
+        try:
+            self.tasks.run_study(study_id)
+        except Exception as exc:  # noqa: BLE001 - the study is stored; it will be found
+            log.warning("could not queue a study (%s); it will be queued again",
+                        type(exc).__name__)
+        self._wake.set()
+
+    def start_embedded_worker(self) -> None:
+        """Start this process's worker thread once (cheap on every later request)."""
+        if self._worker is not None:
+            return
+        with self._start_lock:
+            if self._worker is None:
+                from .worker import EmbeddedWorker
+
+                self._worker = EmbeddedWorker(self.huey, self._app, self.tasks, self._wake)
+                self._worker.start()
+
+    def stop_embedded_worker(self, timeout: float = 30.0) -> None:
+        if self._worker is not None:
+            self._worker.stop(timeout)
+            self._worker = None

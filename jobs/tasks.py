@@ -1,0 +1,44 @@
+"""The jobs themselves: each runs inside the app's context, in whichever worker runs it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Tasks:
+    run_study: Callable[[str], object]  # calling it queues the study
+    housekeeping: Callable[[], int]  # runs now, in the caller: re-queues and purges
+
+
+def register_tasks(huey, app) -> Tasks:
+    """Register this app's jobs on its queue (the same names in every process)."""
+    from studies import service as studies
+    from studies.service import StudyConfig
+
+    def config() -> StudyConfig:
+        return StudyConfig.from_mapping(app.config)
+
+    @huey.task(name="run_study")
+    def run_study(study_id: str) -> None:
+        with app.app_context():
+            # Only a prefix of the id is logged: the id is the key to the results.
+            outcome = studies.run(app.extensions["inference"], config(), study_id)
+            log.info("study %s...: %s", study_id[:6], outcome)
+
+    def housekeeping() -> int:
+        with app.app_context():
+            stale, purged = studies.housekeeping(config())
+        for study_id in stale:
+            log.info("study %s... queued again (its worker stopped, or it waited too long)",
+                     study_id[:6])
+            run_study(study_id)
+        if purged:
+            log.info("purged %d studies past their retention time", purged)
+        return len(stale)
+
+    return Tasks(run_study=run_study, housekeeping=housekeeping)

@@ -1,0 +1,91 @@
+"""A study as the API, the pages and the CSV show it: built from its rows, nothing else."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from inference.predict import DISCLAIMER
+
+from .models import DONE, FAILED, Study, StudyImage
+
+
+def image_view(image: StudyImage) -> dict:
+    data = {
+        "index": image.index,
+        "name": image.name,
+        "series_uid": image.series_uid,
+        "instance_number": image.instance_number,
+        "status": image.status,
+        "results": list(image.results or []),
+        "covid_probability": image.covid_probability,
+        "positive": image.positive,
+        "warnings": list(image.warnings or []),
+    }
+    if image.combined:
+        data["combined"] = image.combined
+    if image.error_code:
+        data["error"] = {"code": image.error_code, "message": image.error_message}
+    return data
+
+
+def study_view(study: Study, images: list[StudyImage]) -> dict:
+    """The contract's ``GET /api/v1/studies/<id>`` body."""
+    data = {
+        "id": study.id,
+        "status": study.status,
+        "progress": {"done": study.done, "total": study.total},
+        "modality": study.modality,
+        "model": study.model,
+        "explain": bool(study.explain),
+        "models": list(study.models or []),
+        "created_at": _iso(study.created_at),
+        "started_at": _iso(study.started_at),
+        "finished_at": _iso(study.finished_at),
+        "images": [image_view(image) for image in images],
+        "warnings": list(study.warnings or []),
+        "disclaimer": DISCLAIMER,
+    }
+    if study.status == DONE:
+        data["verdict"] = study.verdict
+    if study.status == FAILED:
+        data["error"] = {"code": study.error_code, "message": study.error_message}
+    return data
+
+
+def _iso(moment) -> str | None:
+    return moment.isoformat(timespec="seconds") + "Z" if moment else None
+
+
+CSV_COLUMNS = ["index", "name", "series_uid", "instance_number", "status", "architecture",
+               "label", "covid_probability", "threshold", "image_covid_probability",
+               "image_positive", "warnings"]
+
+
+def study_csv(view: dict) -> str:
+    """One row per image and model (one row for an image that failed)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for image in view["images"]:
+        base = [image["index"], _safe(image["name"]), image["series_uid"] or "",
+                image["instance_number"] if image["instance_number"] is not None else "",
+                image["status"]]
+        notes = _safe(" | ".join(image["warnings"]
+                                 + ([image["error"]["message"]] if "error" in image else [])))
+        tail = [_number(image["covid_probability"]),
+                "" if image["positive"] is None else int(image["positive"]), notes]
+        for result in image["results"] or [{}]:
+            writer.writerow(base + [result.get("architecture", ""), result.get("label", ""),
+                                    _number(result.get("covid_probability")),
+                                    _number(result.get("threshold"))] + tail)
+    return out.getvalue()
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+def _safe(text: str) -> str:
+    """No spreadsheet formulas from user-given names (CSV injection)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

@@ -1,0 +1,76 @@
+"""JSON API for studies: submit (202), progress and results, CSV, delete."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from extensions import limiter
+from inference.errors import InvalidRequest
+from studies import service as studies
+from studies.service import StudyConfig
+
+from .api import flag
+
+bp = Blueprint("studies_api", __name__, url_prefix="/api/v1/studies")
+
+def study_config() -> StudyConfig:
+    return StudyConfig.from_mapping(current_app.config)
+
+
+def study_rate_limit() -> str:
+    return current_app.config["STUDY_RATE_LIMIT"]
+
+
+def read_files() -> tuple[list[tuple[str | None, bytes]] | None, bytes | None]:
+    """(images, archive) from the multipart body; only ``images`` may repeat."""
+    for fields in (request.form, request.files):
+        for name in fields:
+            if name != "images" and len(fields.getlist(name)) > 1:
+                raise InvalidRequest(f"The field '{name[:40]}' was sent more than once: "
+                                     "send each field once.")
+    images = [(f.filename, f.read()) for f in request.files.getlist("images")]
+    archive = request.files.get("archive")
+    return images or None, (archive.read() if archive is not None else None)
+
+
+def submit_from_request() -> str:
+    """Shared by the API and the upload page: store the study and queue it."""
+    images, archive = read_files()
+    study_id = studies.submit(current_app.extensions["inference"], study_config(),
+                              request.form.get("modality"), request.form.get("model"),
+                              flag("explain"), uploads=images, archive=archive)
+    current_app.extensions["job_queue"].enqueue_study(study_id)
+    return study_id
+
+
+@bp.post("")
+@limiter.limit(study_rate_limit)
+def submit():
+    study_id = submit_from_request()
+    url = url_for("studies_api.status", study_id=study_id)
+    response = jsonify({"id": study_id, "status": "queued", "url": url})
+    response.status_code = 202
+    response.headers["Location"] = url
+    return response
+
+
+@bp.get("/<study_id>")
+def status(study_id: str):
+    response = jsonify(studies.view(study_config(), study_id))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/<study_id>/results.csv")
+def results_csv(study_id: str):
+    text = studies.csv_text(study_config(), study_id)
+    return Response(text, mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="study-{study_id[:8]}.csv"',
+        "Cache-Control": "no-store"})
+
+
+@bp.delete("/<study_id>")
+def delete(study_id: str):
+    studies.delete(study_config(), study_id)
+    return "", 204
+
