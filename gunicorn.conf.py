@@ -53,12 +53,15 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Start preparing models, and load ``WARM_MODELS``, in the background: the worker
-    answers meanwhile."""
+    """Start preparing models, the embedded study worker, and loading ``WARM_MODELS``,
+    in the background: the worker answers meanwhile."""
     app = worker.wsgi
     config = getattr(app, "config", {})
     if config.get("PREPARE_MODELS"):
         app.extensions["inference"].start_preparation()
+    queue = getattr(app, "extensions", {}).get("job_queue")
+    if queue is not None and queue.embedded:  # studies queued before a restart run now
+        queue.start_embedded_worker()
     selection = config.get("WARM_MODELS")
     if not selection:
         return
