@@ -56,6 +56,7 @@ class Config:
     STUDY_MIN_RUN = 5  # study verdict: consecutive positive CT slices of one series...
     STUDY_MIN_SHARE = 0.25  # ...or this share of all images positive
     STUDY_RATE_LIMIT = "10 per minute"
+    STUDY_BATCH = 8  # images per forward pass (and per stored progress step)
     # Queue: None = a SQLite file in the instance folder, worked by a thread in each web
     # process (EMBEDDED_WORKER); redis://host:6379/0 = Redis, worked by `flask worker`.
     BROKER_URL = None

@@ -17,7 +17,7 @@ from .errors import StudyNotFound
 from .intake import Intake, Limits, read_archive, read_uploads
 from .ordering import order_files
 from .report import study_csv, study_view
-from .runner import Settings, process_study
+from .runner import BATCH, Settings, process_study
 from .verdict import StudyRule
 
 
@@ -29,6 +29,7 @@ class StudyConfig:
     requeue_after_s: float = 300.0  # queued this long with no taker: queue it again
     max_attempts: int = 3  # workers a study may outlive before it fails
     rule: StudyRule = StudyRule()
+    batch: int = BATCH  # images per forward pass
 
     @classmethod
     def from_mapping(cls, config) -> "StudyConfig":
@@ -40,10 +41,11 @@ class StudyConfig:
             requeue_after_s=float(config["STUDY_REQUEUE_AFTER_S"]),
             max_attempts=int(config["STUDY_MAX_ATTEMPTS"]),
             rule=StudyRule(min_run=int(config["STUDY_MIN_RUN"]),
-                           min_share=float(config["STUDY_MIN_SHARE"])))
+                           min_share=float(config["STUDY_MIN_SHARE"])),
+            batch=max(1, int(config["STUDY_BATCH"])))
 
     def settings(self) -> Settings:
-        return Settings(lease_s=self.lease_s, rule=self.rule)
+        return Settings(lease_s=self.lease_s, rule=self.rule, batch=self.batch)
 
 
 def check_models(inference: InferenceService, modality: str, model: str) -> None:
