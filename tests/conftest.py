@@ -36,8 +36,9 @@ def ci_run() -> str:
 
 
 def must_run_in_ci(item, reason: str) -> bool:
-    """Browser and ONNX tests: skipped in CI, they would hide a missing tool."""
-    return (item is not None and item.get_closest_marker("e2e") is not None) \
+    """Browser, server and ONNX tests: skipped in CI, they would hide a missing tool."""
+    return (item is not None and (item.get_closest_marker("e2e") is not None
+                                  or item.get_closest_marker("services") is not None)) \
         or "onnx" in reason.lower()
 
 

@@ -1,0 +1,59 @@
+"""With FLASK_BROKER_URL the jobs go through Redis to `flask worker` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from .conftest import testing_config
+from .model_factory import scan_like_png
+from .redis_server import needs_redis, redis_server
+from .study_helpers import image_fields, submit, wait_for_study
+from .test_study_workers import start_worker
+
+pytestmark = needs_redis
+
+
+def test_a_worker_elsewhere_takes_the_study_through_redis(tmp_path, tiny_model_dir,
+                                                          instance_path):
+    from app import create_app
+
+    with redis_server(tmp_path) as broker:
+        database = tmp_path / "studies.sqlite3"
+        settings = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{database}", "BROKER_URL": broker,
+                    "EMBEDDED_WORKER": True}
+        app = create_app(testing_config(tmp_path, MODEL_DIR=str(tiny_model_dir), **settings))
+        queue = app.extensions["job_queue"]
+        assert not queue.embedded  # a broker means workers run elsewhere, not in the web
+        client = app.test_client()
+        images = [(f"{i}.png", scan_like_png(seed=i)) for i in range(6)]
+        url = submit(client, modality="ct", model="vgg16",
+                     images=image_fields(images)).get_json()["url"]
+        assert queue.huey.pending_count() == 1  # the job waits in Redis
+        assert client.get(url).get_json()["status"] == "queued"
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASK_")}
+        env.update(FLASK_SQLALCHEMY_DATABASE_URI=f"sqlite:///{database}",
+                   FLASK_BROKER_URL=broker, FLASK_MODEL_DIR=str(tiny_model_dir),
+                   FLASK_INSTANCE_PATH=str(tmp_path / "worker-instance"),
+                   FLASK_PREPARE_MODELS="false", TF_CPP_MIN_LOG_LEVEL="2")
+        worker = start_worker(env, tmp_path / "worker.log")
+        try:
+            view = wait_for_study(client, url, deadline_s=120)
+        finally:
+            worker.send_signal(signal.SIGINT)
+            worker.wait(30)
+        assert view["status"] == "done"
+        assert view["progress"] == {"done": 6, "total": 6}
+        assert queue.huey.pending_count() == 0
+        log = (tmp_path / "worker.log").read_text()
+        assert "redis://127.0.0.1" in log and "study " in log
+
+
+def test_an_unknown_broker_scheme_is_refused_at_start(tmp_path, instance_path):
+    from app import create_app
+
+    with pytest.raises(ValueError, match="BROKER_URL"):
+        create_app(testing_config(tmp_path, BROKER_URL="amqp://guest:secret@host//"))
