@@ -74,8 +74,10 @@ def register_blueprints(app: Flask) -> None:
     from web.apidocs import bp as apidocs_bp
     from web.health import bp as health_bp
     from web.pages import bp as pages_bp
+    from web.study_pages import bp as study_pages_bp
 
     app.register_blueprint(pages_bp)
+    app.register_blueprint(study_pages_bp)
     app.register_blueprint(contact_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(studies_api_bp)

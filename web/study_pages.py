@@ -1,0 +1,140 @@
+"""Study pages: upload many images, watch progress, read the verdict, plot and table.
+
+The study id in the URL is the only key to the results, so nothing here logs it.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from flask import (Blueprint, Response, current_app, flash, redirect, render_template,
+                   request, url_for)
+from werkzeug.datastructures import ImmutableMultiDict
+
+from extensions import limiter
+from inference.errors import ServiceError
+from inference.predict import COVID, NON_COVID
+from inference.registry import MODALITIES
+from studies import service as studies
+from studies.errors import StudyNotFound
+from studies.plot import probability_plot_png
+
+from .errors import status_and_code
+from .pages import model_slots
+from .studies_api import study_config, study_rate_limit, submit_from_request
+from .study_forms import ARCHIVE_ACCEPT, IMAGE_ACCEPT, DeleteForm, StudyForm
+
+bp = Blueprint("study_pages", __name__, url_prefix="/studies")
+
+RUNNING_STATES = ("queued", "running")
+
+
+@bp.app_template_filter("image_label")
+def image_label(image: dict) -> str:
+    """An image's own answer (one model's, or the models' combined), "" if it failed."""
+    if image.get("positive") is None:
+        return ""
+    return COVID if image["positive"] else NON_COVID
+
+
+@bp.app_template_filter("percent")
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f} %"
+
+
+def series_numbers(images: list[dict]) -> dict:
+    """Series UID -> 1, 2, ... by first appearance: a 60-character UID is no column."""
+    numbers: dict = {}
+    for image in images:
+        uid = image.get("series_uid")
+        if uid is not None and uid not in numbers:
+            numbers[uid] = len(numbers) + 1
+    return numbers
+
+
+def render_form(form: StudyForm, error: str | None = None) -> str:
+    config = current_app.config
+    return render_template("study_new.html", form=form, error=error, slots=model_slots(),
+                           modalities=MODALITIES, image_accept=IMAGE_ACCEPT,
+                           archive_accept=ARCHIVE_ACCEPT,
+                           max_images=int(config["MAX_STUDY_IMAGES"]),
+                           max_mib=int(config["MAX_STUDY_BYTES"]) // (1024 * 1024))
+
+
+def drop_blank_file_parts() -> None:
+    """A browser sends a file input left empty as a part with no file name and no bytes;
+    the study service would count it as an upload (and refuse images plus archive)."""
+    kept = [(name, f) for name, f in request.files.items(multi=True) if f.filename]
+    request.files = ImmutableMultiDict(kept)
+
+
+@bp.get("/new")
+def new_study():
+    return render_form(StudyForm())
+
+
+@bp.post("/new")
+@limiter.limit(study_rate_limit)
+def submit():
+    form = StudyForm()
+    if not form.validate_on_submit():
+        return render_form(form), 400
+    drop_blank_file_parts()
+    try:
+        study_id = submit_from_request()
+    except ServiceError as exc:
+        status, _code = status_and_code(exc)
+        return render_form(form, error=exc.message), status
+    return redirect(url_for(".study", study_id=study_id), code=303)
+
+
+@bp.get("/<study_id>")
+def study(study_id: str):
+    view = studies.view(study_config(), study_id)
+    return render_template("study.html", study=view, running=view["status"] in RUNNING_STATES,
+                           series=series_numbers(view["images"]), delete_form=DeleteForm())
+
+
+@bp.get("/<study_id>/plot.png")
+def plot(study_id: str):
+    png = probability_plot_png(studies.view(study_config(), study_id))
+    return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
+
+
+def image_of(view: dict, index: int) -> dict:
+    if not 0 <= index < len(view["images"]):
+        raise StudyNotFound("This study has no image with that number.")
+    return view["images"][index]
+
+
+@bp.get("/<study_id>/images/<int:index>")
+def image(study_id: str, index: int):
+    config = study_config()
+    view = studies.view(config, study_id)
+    return render_template("study_image.html", study=view, image=image_of(view, index),
+                           heatmaps=studies.heatmaps_of(config, study_id, index),
+                           series=series_numbers(view["images"]))
+
+
+@bp.get("/<study_id>/images/<int:index>/heatmap/<architecture>.png")
+def heatmap(study_id: str, index: int, architecture: str):
+    png = studies.heatmap_png(study_config(), study_id, index, architecture)
+    return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
+
+
+@bp.get("/<study_id>/report")
+def report(study_id: str):
+    view = studies.view(study_config(), study_id)
+    if view["status"] != "done":
+        raise StudyNotFound("This study has no report yet: it has not finished.")
+    plot_uri = "data:image/png;base64," + \
+        base64.b64encode(probability_plot_png(view)).decode("ascii")
+    return render_template("study_report.html", study=view, plot_uri=plot_uri,
+                           series=series_numbers(view["images"]))
+
+
+@bp.post("/<study_id>/delete")
+def delete(study_id: str):
+    studies.delete(study_config(), study_id)
+    flash("Study deleted: its images and results are gone.", "success")
+    return redirect(url_for(".new_study"), code=303)
