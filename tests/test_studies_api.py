@@ -190,3 +190,17 @@ def test_results_expire_after_the_retention_time(tmp_path, tiny_model_dir, insta
         assert row_counts(app)["study_images"] == 0
     finally:
         app.extensions["job_queue"].stop_embedded_worker()
+
+
+def test_the_openapi_document_describes_every_study_route(client, study_app):
+    document = client.get("/api/v1/openapi.json").get_json()
+    paths = document["paths"]
+    assert set(paths["/api/v1/studies"]) == {"post"}
+    assert set(paths["/api/v1/studies/{study_id}"]) >= {"get", "delete"}
+    assert "get" in paths["/api/v1/studies/{study_id}/results.csv"]
+    documented = {rule.rule.replace("<study_id>", "{study_id}")
+                  for rule in study_app.url_map.iter_rules()
+                  if rule.rule.startswith("/api/v1/studies")}
+    assert documented <= set(paths)
+    study = document["components"]["schemas"]["Study"]["properties"]
+    assert set(study["status"]["enum"]) == {"queued", "running", "done", "failed"}

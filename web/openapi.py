@@ -3,6 +3,8 @@
 from inference.predict import DISCLAIMER
 from inference.registry import ARCHITECTURES, MODALITIES
 
+from .openapi_studies import study_paths, study_schemas
+
 
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -170,11 +172,12 @@ def openapi_document() -> dict:
             "version": "1.0.0",
             "description": DISCLAIMER,
         },
-        "paths": _paths(),
+        "paths": {**_paths(), **study_paths()},
         "components": {"schemas": {
             "Error": _error_schema(),
             "ModelList": _model_list_schema(),
             "Result": _result_schema(),
             "Prediction": _prediction_schema(),
+            **study_schemas(),
         }},
     }
