@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import io
+import os
 import random
+import signal
+import subprocess
+import sys
 import time
 import zipfile
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
 from .dicom_factory import hu_phantom, new_dataset, to_bytes
+from .server import ROOT
 
 
 def ct_series(count: int, size: int = 64, seed: int = 0, series_uid: str | None = None,
@@ -69,3 +76,31 @@ def wait_for_study(client, url: str, deadline_s: float = 180.0) -> dict:
 
 def submit(client, **fields):
     return client.post("/api/v1/studies", data=fields, content_type="multipart/form-data")
+
+
+def worker_env(settings: dict, model_dir: Path, instance: Path) -> dict:
+    """The environment of a `flask worker` sharing the test app's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASK_")}
+    env.update({f"FLASK_{k}": str(v) for k, v in settings.items()})
+    env.update(FLASK_MODEL_DIR=str(model_dir), FLASK_INSTANCE_PATH=str(instance),
+               FLASK_PREPARE_MODELS="false", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    return env
+
+
+def start_worker(env: dict, log_path: Path) -> subprocess.Popen:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "flask", "--app", "app", "worker"],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+@contextmanager
+def running_worker(env: dict, log_path: Path):
+    """A `flask worker` process, stopped by SIGINT (as Ctrl+C would) afterwards."""
+    worker = start_worker(env, log_path)
+    try:
+        yield worker
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGINT)
+            worker.wait(30)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 
 from .conftest import testing_config
 from .model_factory import scan_like_png
 from .redis_server import needs_redis, redis_server
-from .study_helpers import image_fields, submit, wait_for_study
-from .test_study_workers import start_worker
+from .study_helpers import image_fields, running_worker, submit, wait_for_study, worker_env
 
 pytestmark = needs_redis
 
@@ -34,17 +30,10 @@ def test_a_worker_elsewhere_takes_the_study_through_redis(tmp_path, tiny_model_d
         assert queue.huey.pending_count() == 1  # the job waits in Redis
         assert client.get(url).get_json()["status"] == "queued"
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASK_")}
-        env.update(FLASK_SQLALCHEMY_DATABASE_URI=f"sqlite:///{database}",
-                   FLASK_BROKER_URL=broker, FLASK_MODEL_DIR=str(tiny_model_dir),
-                   FLASK_INSTANCE_PATH=str(tmp_path / "worker-instance"),
-                   FLASK_PREPARE_MODELS="false", TF_CPP_MIN_LOG_LEVEL="2")
-        worker = start_worker(env, tmp_path / "worker.log")
-        try:
+        env = worker_env({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{database}",
+                          "BROKER_URL": broker}, tiny_model_dir, tmp_path / "worker-instance")
+        with running_worker(env, tmp_path / "worker.log"):
             view = wait_for_study(client, url, deadline_s=120)
-        finally:
-            worker.send_signal(signal.SIGINT)
-            worker.wait(30)
         assert view["status"] == "done"
         assert view["progress"] == {"done": 6, "total": 6}
         assert queue.huey.pending_count() == 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import timedelta
 
@@ -16,13 +14,13 @@ from sqlalchemy import update
 from extensions import db
 from studies import store
 from studies.models import FAILED, QUEUED, RUNNING, Study, utcnow
-from studies.ordering import order_files
 from studies.intake import StudyFile
+from studies.ordering import order_files
 
 from .conftest import testing_config
 from .model_factory import scan_like_png
-from .server import ROOT
-from .study_helpers import image_fields, submit, wait_for_study
+from .study_helpers import (image_fields, running_worker, start_worker, submit,
+                            wait_for_study, worker_env)
 
 
 @pytest.fixture
@@ -93,13 +91,6 @@ def test_housekeeping_requeues_dead_workers_and_fails_worn_out_studies(db_app):
     assert store.stale_studies(requeue_after_s=300, max_attempts=3) == [dead]  # still dead
 
 
-def start_worker(env: dict, log_path) -> subprocess.Popen:
-    with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "flask", "--app", "app", "worker"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
 def wait_until(condition, deadline_s: float, what: str):
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
@@ -120,10 +111,7 @@ def test_a_killed_worker_loses_no_study(tmp_path, tiny_model_dir, instance_path)
                 "BROKER_URL": f"sqlite:///{broker}", "STUDY_BATCH": 1,
                 "STUDY_LEASE_S": 3, "WORKER_SWEEP_S": 1}
     app = create_app(testing_config(tmp_path, MODEL_DIR=str(tiny_model_dir), **settings))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASK_")}
-    env.update({f"FLASK_{k}": str(v) for k, v in settings.items()})
-    env.update(FLASK_MODEL_DIR=str(tiny_model_dir), FLASK_INSTANCE_PATH=str(instance_path),
-               FLASK_PREPARE_MODELS="false", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env = worker_env(settings, tiny_model_dir, instance_path)
     client = app.test_client()
     images = [(f"{i}.png", scan_like_png(size=(96, 96), seed=i)) for i in range(200)]
     url = submit(client, modality="ct", model="vgg16",
@@ -144,12 +132,8 @@ def test_a_killed_worker_loses_no_study(tmp_path, tiny_model_dir, instance_path)
     answered = {i["index"]: i["results"] for i in killed_at["images"] if i["status"] == "done"}
     assert view["progress"]["done"] <= len(answered)
 
-    second = start_worker(env, tmp_path / "worker2.log")
-    try:
+    with running_worker(env, tmp_path / "worker2.log"):
         final = wait_for_study(client, url, deadline_s=180)
-    finally:
-        second.send_signal(signal.SIGINT)
-        second.wait(30)
     assert final["status"] == "done"
     assert final["progress"] == {"done": 200, "total": 200}
     assert all(image["status"] == "done" for image in final["images"])
