@@ -7,64 +7,23 @@ then read the way a browser reads them (HTML, the plot PNG, the heatmaps).
 from __future__ import annotations
 
 import io
-import random
 import re
-import time
-import zipfile
 
-import numpy as np
 import pytest
 from markupsafe import escape
 
 from app import create_app
 
 from .conftest import testing_config
-from .dicom_factory import hu_phantom, new_dataset, to_bytes
 from .model_factory import scan_like_png
+from .study_helpers import ct_series, wait_for_study, zip_of
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STUDY_URL = re.compile(r"/studies/([A-Za-z0-9_-]{20,})$")
 
 
-def ct_series(count: int, size: int = 64, seed: int = 0) -> list[tuple[str, bytes]]:
-    """``count`` slices of one CT series, as (file name, bytes), whose file names and
-    upload order both disagree with their InstanceNumber."""
-    from pydicom.uid import generate_uid
-
-    series_uid, rng = generate_uid(), random.Random(seed)
-    names = [f"IMG{n:04d}.dcm" for n in range(1, count + 1)]
-    rng.shuffle(names)
-    base, files = hu_phantom(size), []
-    for number, name in enumerate(names, start=1):
-        ds = new_dataset("CT")
-        ds.SeriesInstanceUID, ds.InstanceNumber = series_uid, number
-        ds.ImagePositionPatient = [0.0, 0.0, -2.5 * number]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        hu = base + (number % 7) * 15.0
-        ds.set_pixel_data(np.rint(hu + 1024).astype(np.int16), "MONOCHROME2", 16)
-        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1.0, -1024.0, "HU"
-        files.append((name, to_bytes(ds)))
-    rng.shuffle(files)
-    return files
-
-
-def zip_of(files: list[tuple[str, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files:
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-def wait_done(client, study_id: str, deadline_s: float = 120.0) -> dict:
-    """Poll the API until the study ends; fails loudly if it never does."""
-    end = time.monotonic() + deadline_s
-    while True:
-        view = client.get(f"/api/v1/studies/{study_id}").get_json()
-        if view["status"] in ("done", "failed"):
-            return view
-        assert time.monotonic() < end, f"study still {view['status']}: {view['progress']}"
-        time.sleep(0.2)
+def wait_done(client, study_id: str) -> dict:
+    return wait_for_study(client, f"/api/v1/studies/{study_id}", deadline_s=120.0)
 
 
 def post_study(client, files=(), archive: bytes | None = None, **fields):
@@ -76,14 +35,10 @@ def post_study(client, files=(), archive: bytes | None = None, **fields):
     return client.post("/studies/new", data=data, content_type="multipart/form-data")
 
 
-def make_app(tmp_path, tiny_model_dir, **overrides):
-    return create_app(testing_config(tmp_path, MODEL_DIR=str(tiny_model_dir),
-                                     EMBEDDED_WORKER=True, EMBEDDED_POLL_S=0.2, **overrides))
-
-
 @pytest.fixture
 def study_app(tmp_path, tiny_model_dir, instance_path):
-    app = make_app(tmp_path, tiny_model_dir)
+    app = create_app(testing_config(tmp_path, MODEL_DIR=str(tiny_model_dir),
+                                    EMBEDDED_WORKER=True, EMBEDDED_POLL_S=0.2))
     yield app
     app.extensions["job_queue"].stop_embedded_worker()
 
@@ -136,6 +91,10 @@ def test_a_zipped_series_runs_and_the_done_page_shows_verdict_plot_and_table(cli
         assert f'href="/studies/{study_id}/images/{index}"' in html
     probability = view["images"][0]["results"][0]["covid_probability"]
     assert f"{probability * 100:.1f} %" in html
+    # A warning every slice carries (they are 64 x 64) is said once, not on 12 rows.
+    warning = view["images"][0]["warnings"][0]
+    assert all(warning in image["warnings"] for image in view["images"])
+    assert html.count(str(escape(warning))) == 1 and "Every image: " in html
 
 
 def test_the_plot_is_a_png_that_is_not_cached(client, done_study):

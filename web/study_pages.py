@@ -52,6 +52,17 @@ def series_numbers(images: list[dict]) -> dict:
     return numbers
 
 
+def shared_warnings(images: list[dict]) -> list[str]:
+    """Warnings every image carries (a 64 x 64 series warns on each slice): said once
+    above the table instead of on hundreds of rows."""
+    if len(images) < 2:
+        return []
+    common = set(images[0]["warnings"])
+    for image in images[1:]:
+        common &= set(image["warnings"])
+    return [warning for warning in images[0]["warnings"] if warning in common]
+
+
 def render_form(form: StudyForm, error: str | None = None) -> str:
     config = current_app.config
     return render_template("study_new.html", form=form, error=error, slots=model_slots(),
@@ -92,7 +103,8 @@ def submit():
 def study(study_id: str):
     view = studies.view(study_config(), study_id)
     return render_template("study.html", study=view, running=view["status"] in RUNNING_STATES,
-                           series=series_numbers(view["images"]), delete_form=DeleteForm())
+                           series=series_numbers(view["images"]), delete_form=DeleteForm(),
+                           shared=shared_warnings(view["images"]))
 
 
 @bp.get("/<study_id>/plot.png")
@@ -130,7 +142,8 @@ def report(study_id: str):
     plot_uri = "data:image/png;base64," + \
         base64.b64encode(probability_plot_png(view)).decode("ascii")
     return render_template("study_report.html", study=view, plot_uri=plot_uri,
-                           series=series_numbers(view["images"]))
+                           series=series_numbers(view["images"]),
+                           shared=shared_warnings(view["images"]))
 
 
 @bp.post("/<study_id>/delete")
