@@ -48,6 +48,11 @@ class Study(db.Model):
     claim_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Where the images came from: "upload", or "pacs" (then the study's UID there, and
+    # what was written back into it: [{series_uid, sop_instance_uid, sop_class_uid}]).
+    source: Mapped[str] = mapped_column(String(16), default="upload")
+    pacs_study_uid: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    written: Mapped[list | None] = mapped_column(JSON, nullable=True)
 
 
 class StudyImage(db.Model):

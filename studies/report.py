@@ -46,6 +46,10 @@ def study_view(study: Study, images: list[StudyImage]) -> dict:
         "warnings": list(study.warnings or []),
         "disclaimer": DISCLAIMER,
     }
+    if study.source != "upload":
+        data["source"] = study.source
+        data["study_uid"] = study.pacs_study_uid
+        data["written"] = list(study.written or [])
     if study.status == DONE:
         data["verdict"] = study.verdict
     if study.status == FAILED:

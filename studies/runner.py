@@ -13,7 +13,7 @@ import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -164,6 +164,9 @@ ERROR_CODES = {UnsupportedImage: "unsupported_image", UnusableImage: "unusable_i
 
 
 def error_code_of(exc: ServiceError) -> str:
+    """A stable code for a domain error: its own ``code``, else by its class."""
+    if getattr(exc, "code", None):
+        return exc.code
     for cls in type(exc).__mro__:
         if cls in ERROR_CODES:
             return ERROR_CODES[cls]
@@ -191,13 +194,24 @@ def summarise(outcome: store.ImageOutcome) -> None:
     outcome.results = [r.to_json() for r in results]
 
 
-def process_study(service: InferenceService, study_id: str, settings: Settings) -> str:
+class ImageSource(Protocol):
+    """Where a study's images come from when they were not uploaded (a PACS)."""
+
+    def fetch(self, study, token: str, lease_s: float) -> bool:
+        """Store the study's images (once, under the claim); False if the claim was lost."""
+
+
+def process_study(service: InferenceService, study_id: str, settings: Settings,
+                  source: ImageSource | None = None) -> str:
     """Claim and analyse a study; what happened, for the log (never patient data)."""
     token = store.claim(study_id, settings.lease_s)
     if token is None:
         return "not claimable (done, failed, deleted, or held by another worker)"
     try:
-        finished = StudyRun(service, store.study_row(study_id), token, settings).run()
+        study = store.study_row(study_id)
+        if source is not None and not source.fetch(study, token, settings.lease_s):
+            return "claim lost to another worker"
+        finished = StudyRun(service, study, token, settings).run()
     except ServiceError as exc:
         store.fail(study_id, token, error_code_of(exc), exc.message)
         return f"failed: {type(exc).__name__}"

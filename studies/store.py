@@ -50,13 +50,52 @@ def create_study(modality: str, model: str, explain: bool, files: list[OrderedFi
     db.session.add(Study(id=study_id, status=QUEUED, modality=modality, model=model,
                          explain=explain, total=len(files), done=0, warnings=warnings))
     db.session.flush()
+    _add_images(study_id, files)
+    db.session.commit()
+    return study_id
+
+
+def _add_images(study_id: str, files: list[OrderedFile]) -> None:
     for index, item in enumerate(files):
         db.session.add(StudyImage(study_id=study_id, index=index, name=item.file.name[:255],
                                   series_uid=item.series_uid,
                                   instance_number=item.instance_number))
         db.session.add(StudyFile(study_id=study_id, index=index, data=item.file.data))
+
+
+def create_remote_study(source: str, remote_uid: str, modality: str, model: str,
+                        explain: bool) -> str:
+    """A study whose images a worker will fetch (``source``: "pacs")."""
+    study_id = new_study_id()
+    db.session.add(Study(id=study_id, status=QUEUED, modality=modality, model=model,
+                         explain=explain, total=0, done=0, warnings=[], source=source,
+                         pacs_study_uid=remote_uid))
     db.session.commit()
     return study_id
+
+
+def attach_images(study_id: str, token: str, lease_s: float, files: list[OrderedFile],
+                  warnings: list[str]) -> bool:
+    """Store fetched images under the claim, once: a study that has images keeps them
+    (a worker taking over resumes instead of fetching again)."""
+    study = db.session.get(Study, study_id)
+    if _hold(study_id, token, lease_s, total=len(files),
+             warnings=list(study.warnings or []) + warnings).rowcount != 1:
+        db.session.rollback()
+        return False
+    _add_images(study_id, files)
+    db.session.commit()
+    return True
+
+
+def has_images(study_id: str) -> bool:
+    return db.session.scalar(select(func.count()).select_from(StudyImage)
+                             .where(StudyImage.study_id == study_id)) > 0
+
+
+def set_written(study_id: str, written: list[dict]) -> None:
+    db.session.execute(update(Study).where(Study.id == study_id).values(written=written))
+    db.session.commit()
 
 
 def claim(study_id: str, lease_s: float) -> str | None:
