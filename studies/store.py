@@ -63,41 +63,6 @@ def _add_images(study_id: str, files: list[OrderedFile]) -> None:
         db.session.add(StudyFile(study_id=study_id, index=index, data=item.file.data))
 
 
-def create_remote_study(source: str, remote_uid: str, modality: str, model: str,
-                        explain: bool) -> str:
-    """A study whose images a worker will fetch (``source``: "pacs")."""
-    study_id = new_study_id()
-    db.session.add(Study(id=study_id, status=QUEUED, modality=modality, model=model,
-                         explain=explain, total=0, done=0, warnings=[], source=source,
-                         pacs_study_uid=remote_uid))
-    db.session.commit()
-    return study_id
-
-
-def attach_images(study_id: str, token: str, lease_s: float, files: list[OrderedFile],
-                  warnings: list[str]) -> bool:
-    """Store fetched images under the claim, once: a study that has images keeps them
-    (a worker taking over resumes instead of fetching again)."""
-    study = db.session.get(Study, study_id)
-    if _hold(study_id, token, lease_s, total=len(files),
-             warnings=list(study.warnings or []) + warnings).rowcount != 1:
-        db.session.rollback()
-        return False
-    _add_images(study_id, files)
-    db.session.commit()
-    return True
-
-
-def has_images(study_id: str) -> bool:
-    return db.session.scalar(select(func.count()).select_from(StudyImage)
-                             .where(StudyImage.study_id == study_id)) > 0
-
-
-def set_written(study_id: str, written: list[dict]) -> None:
-    db.session.execute(update(Study).where(Study.id == study_id).values(written=written))
-    db.session.commit()
-
-
 def claim(study_id: str, lease_s: float) -> str | None:
     """Take the study if it is queued, or running under an expired lease; the token."""
     token, now = secrets.token_hex(16), utcnow()
@@ -113,7 +78,7 @@ def claim(study_id: str, lease_s: float) -> str | None:
     return token if taken.rowcount == 1 else None
 
 
-def _hold(study_id: str, token: str, lease_s: float, **values):
+def hold(study_id: str, token: str, lease_s: float, **values):
     """The UPDATE that both renews a lease and proves the claim is still ours."""
     now = utcnow()
     return db.session.execute(
@@ -123,7 +88,7 @@ def _hold(study_id: str, token: str, lease_s: float, **values):
 
 
 def renew(study_id: str, token: str, lease_s: float) -> bool:
-    held = _hold(study_id, token, lease_s).rowcount == 1
+    held = hold(study_id, token, lease_s).rowcount == 1
     db.session.commit()
     return held
 
@@ -144,7 +109,7 @@ def save_outcomes(study_id: str, token: str, lease_s: float,
                   outcomes: list[ImageOutcome]) -> bool:
     """Store answers, drop those images' bytes and advance progress, all or nothing;
     False (and nothing written) when the claim was lost."""
-    if _hold(study_id, token, lease_s).rowcount != 1:
+    if hold(study_id, token, lease_s).rowcount != 1:
         db.session.rollback()
         return False
     for outcome in outcomes:
@@ -174,7 +139,7 @@ def set_models(study_id: str, token: str, lease_s: float, models: list[dict],
                warnings: list[str]) -> bool:
     """Record which models answer (and any that could not), once they have loaded."""
     study = db.session.get(Study, study_id)
-    held = _hold(study_id, token, lease_s, models=models,
+    held = hold(study_id, token, lease_s, models=models,
                  warnings=list(study.warnings or []) + warnings).rowcount == 1
     db.session.commit()
     return held
