@@ -13,6 +13,7 @@ import pytest
 from markupsafe import escape
 
 from app import create_app
+from studies.plot import model_series, probability_plot_png, series_boundaries
 
 from .conftest import testing_config
 from .model_factory import scan_like_png
@@ -181,6 +182,7 @@ def test_running_study_page_shows_progress_and_refreshes_without_script(
     assert f'data-status-url="/api/v1/studies/{study_id}"' in html
     assert '<noscript><meta http-equiv="refresh" content="5"></noscript>' in html
     assert "Queued" in html and 'id="verdict"' not in html
+    assert client.get(f"/studies/{study_id}/report").status_code == 404  # not finished
 
 
 def test_no_file_is_a_400_with_the_form_and_a_message(client):
@@ -230,3 +232,22 @@ def test_with_csrf_on_a_post_without_token_is_refused(tmp_path, tiny_model_dir, 
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
     accepted = post_study(client, files=[("a.png", scan_like_png())], csrf_token=token)
     assert accepted.status_code == 303
+
+
+def test_plot_shows_failed_images_as_gaps_and_marks_series_boundaries():
+    def image(series, *probabilities):
+        return {"series_uid": series, "results": [
+            {"architecture": arch, "covid_probability": p}
+            for arch, p in zip(("vgg16", "vgg19"), probabilities)]}
+
+    view = {"models": [{"architecture": "vgg16", "threshold": 0.4},
+                       {"architecture": "vgg19", "threshold": 0.6}],
+            "images": [image("a", 0.1, 0.2), image("a"), image("b", 0.7, 0.8)]}
+    (first, threshold, values), (second, _, _) = model_series(view)
+    assert (first, second, threshold) == ("vgg16", "vgg19", 0.4)
+    assert values[0] == 0.1 and values[1] != values[1] and values[2] == 0.7  # NaN: a gap
+    assert series_boundaries(view) == [1.5]
+    assert series_boundaries({"images": [image("a", 0.1)] * 3}) == []
+    png = probability_plot_png(view)
+    assert png.startswith(PNG_SIGNATURE)
+    assert probability_plot_png({"models": [], "images": []}).startswith(PNG_SIGNATURE)
