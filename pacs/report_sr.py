@@ -1,0 +1,216 @@
+"""The study's answer as a DICOM Structured Report (TID 1500 in a Comprehensive SR).
+
+A PACS keeps what it is sent next to the images, and every DICOM viewer can show an SR,
+so the answer travels with the study instead of living only in this tool's database.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import highdicom as hd
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+import pydicom
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from inference.predict import COVID
+
+log = logging.getLogger(__name__)
+
+SOFTWARE_NAME = "LungScan AI"
+RESEARCH_WARNING = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
+SR_DESCRIPTION = "LungScan AI COVID-19 report (research use only)"
+
+SCHEME = "99LUNGSCAN"  # local codes where neither DCM nor SCT has one
+CODING_SCHEMES = [CodingSchemeIdentificationItem(
+    designator=SCHEME, name="LungScan AI local codes", responsible_organization=SOFTWARE_NAME)]
+
+COVID19 = Code("840539006", "SCT", "COVID-19")  # disease caused by SARS-CoV-2
+PRESENT, ABSENT = codes.SCT.Present, codes.SCT.Absent
+PROBABILITY, THRESHOLD = codes.DCM.Probability, codes.DCM.ThresholdValue
+RATIO = codes.UCUM.Ratio
+IMAGES = Code("{images}", "UCUM", "images")
+POSITIVE_IMAGES = Code("POSIMAGES", SCHEME, "Positive images")
+ANALYSED_IMAGES = Code("IMAGES", SCHEME, "Analysed images")
+POSITIVE_SHARE = Code("POSSHARE", SCHEME, "Share of positive images")
+LONGEST_RUN = Code("LONGESTRUN", SCHEME, "Longest run of positive consecutive slices")
+QUALITATIVE = Code("C0034375", "UMLS", "Qualitative Evaluations")
+VERDICT_TEXT = Code("VERDICT", SCHEME, "Study verdict")
+RULE_TEXT = Code("RULE", SCHEME, "Verdict rule")
+MODELS_TEXT = Code("MODELS", SCHEME, "Models")
+NOT_ANALYSED = Code("NOTANALYSED", SCHEME, "Image not analysed")
+STUDY_WARNING = Code("STUDYWARNING", SCHEME, "Analysis warning")
+DISCLAIMER_TEXT = Code("DISCLAIMER", SCHEME, "Disclaimer")
+WARNING_TEXT = Code("RESEARCHONLY", SCHEME, "Research use warning")
+
+# Type 2 patient and study attributes that highdicom copies from the first source header
+_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+           "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
+_CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
+
+
+def source_header(ds: pydicom.Dataset | None) -> pydicom.Dataset | None:
+    """A copy without pixel data and with the Type 2 attributes that DICOMweb metadata
+    may omit present (empty), so the new instances carry the same patient and study."""
+    if ds is None:
+        return None
+    header = pydicom.Dataset({tag: ds[tag] for tag in ds.keys() if tag < 0x7FE00000})
+    for keyword in _COPIED:
+        if keyword not in header:
+            setattr(header, keyword, None)
+    return header
+
+
+def model_version(arch: str, model_versions: dict[str, str]) -> str:
+    """The version as given ("vgg16 sha256:1a2b..."), named after its model if it is not."""
+    version = model_versions.get(arch) or "unknown"
+    return version if version.startswith(arch) else f"{arch} {version}"
+
+
+def image_title(position: int, image: dict) -> str:
+    """How a reader finds the image again: reading order and instance number, never the
+    uploaded file name (which may carry patient data)."""
+    number = image.get("instance_number")
+    return f"Image {position + 1}" + (f" (instance {number})" if number is not None else "")
+
+
+def structured_report(view: dict, evidence: list[pydicom.Dataset | None],
+                      model_versions: dict[str, str], software_version: str,
+                      series_uid: str, instance_uid: str,
+                      series_number: int = 9901) -> pydicom.Dataset:
+    """A Comprehensive SR holding a TID 1500 Measurement Report of the study view."""
+    if not view.get("verdict"):
+        raise ValueError("the study has no verdict yet: only a finished study is reported")
+    headers = [source_header(ds) for ds in evidence]
+    present = [header for header in headers if header is not None]
+    if not present:
+        raise ValueError("no source instance header: the report needs the study it belongs to")
+    groups = _image_groups(view, headers, model_versions, software_version, instance_uid)
+    groups.append(_study_group(view, software_version, instance_uid))
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(),
+        procedure_reported=(codes.cid100.CTUnspecifiedBodyRegion if view["modality"] == "ct"
+                            else codes.cid100.XRUnspecifiedBodyRegion),
+        imaging_measurements=groups,
+        referenced_images=[h for h in present if _describable(h)] or None)
+    report[0].ContentSequence.append(_evaluations(view, model_versions))
+    sr = hd.sr.ComprehensiveSR(
+        evidence=present, content=report[0], series_instance_uid=series_uid,
+        series_number=series_number, sop_instance_uid=instance_uid, instance_number=1,
+        manufacturer=SOFTWARE_NAME, manufacturer_model_name=SOFTWARE_NAME,
+        software_versions=software_version, series_description=SR_DESCRIPTION,
+        coding_schemes=CODING_SCHEMES, is_complete=True,
+        transfer_syntax_uid=ExplicitVRLittleEndian)
+    log.info("structured report for study %s: %d measurement groups, %d source instances",
+             view.get("id"), len(groups), len(present))
+    return sr
+
+
+def _observation_context() -> hd.sr.ObservationContext:
+    """The observer is this software (a device), not a person who checked the answer."""
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=generate_uid(entropy_srcs=[SOFTWARE_NAME]), name=SOFTWARE_NAME,
+        manufacturer_name=SOFTWARE_NAME, model_name=SOFTWARE_NAME)
+    return hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+
+
+def _describable(header: pydicom.Dataset) -> bool:
+    """Whether the header has what an Image Library entry describes (rows, spacing...);
+    a thin header is still referenced as evidence and from its measurement groups."""
+    try:
+        hd.sr.ImageLibraryEntryDescriptors(header)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _image_groups(view: dict, headers: list, model_versions: dict[str, str],
+                  software_version: str, instance_uid: str) -> list:
+    """One group per analysed image and model (TID 1501 names one algorithm per group),
+    plus the image's combined answer when several models voted."""
+    groups = []
+    for position, image in enumerate(view["images"]):
+        header = headers[position] if position < len(headers) else None
+        sources = None if header is None else [hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=header.SOPClassUID,
+            referenced_sop_instance_uid=header.SOPInstanceUID)]
+        title = image_title(position, image)
+        for result in image.get("results") or []:
+            arch = result["architecture"]
+            algorithm = hd.sr.AlgorithmIdentification(
+                name=arch, version=model_version(arch, model_versions),
+                manufacturer=SOFTWARE_NAME)
+            measurements = [hd.sr.Measurement(PROBABILITY, result["covid_probability"], RATIO),
+                            hd.sr.Measurement(THRESHOLD, result["threshold"], RATIO)]
+            groups.append(_group(instance_uid, f"{title} {arch}", algorithm, measurements,
+                                 result["label"] == COVID, sources))
+        if len(image.get("results") or []) > 1 and image.get("covid_probability") is not None:
+            algorithm = hd.sr.AlgorithmIdentification(
+                name=f"{SOFTWARE_NAME} ensemble", version=software_version,
+                parameters=["mean margin of: " + ", ".join(
+                    r["architecture"] for r in image["results"])])
+            measurements = [hd.sr.Measurement(PROBABILITY, image["covid_probability"], RATIO)]
+            groups.append(_group(instance_uid, f"{title} combined", algorithm, measurements,
+                                 bool(image.get("positive")), sources))
+    return groups
+
+
+def _group(instance_uid: str, title: str, algorithm, measurements: list, positive: bool,
+           sources: list | None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """A TID 1501 group whose tracking UID follows from the report's own UID, so a
+    report written twice is the same document."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=[instance_uid, title]), identifier=title),
+        finding_type=COVID19, algorithm_id=algorithm, measurements=measurements,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            COVID19, PRESENT if positive else ABSENT)],
+        source_images=sources)
+
+
+def _study_group(view: dict, software_version: str, instance_uid: str):
+    """The study verdict with the figures the rule used, over all source images."""
+    verdict = view["verdict"]
+    parameters = verdict.get("rule_parameters") or {}
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=SOFTWARE_NAME, version=software_version,
+        parameters=[f"{verdict.get('rule_id', 'rule')}: " + ", ".join(
+            f"{key}={value}" for key, value in sorted(parameters.items()))])
+    measurements = [
+        hd.sr.Measurement(PROBABILITY, verdict["covid_probability"], RATIO,
+                          derivation=codes.SCT.Mean),
+        hd.sr.Measurement(POSITIVE_IMAGES, verdict["positive_images"], IMAGES),
+        hd.sr.Measurement(ANALYSED_IMAGES, verdict["total_images"], IMAGES),
+        hd.sr.Measurement(POSITIVE_SHARE, verdict["positive_share"], RATIO)]
+    if view["modality"] == "ct":
+        measurements.append(hd.sr.Measurement(
+            LONGEST_RUN, verdict["longest_positive_run"], IMAGES))
+    return _group(instance_uid, "Study verdict", algorithm, measurements,
+                  verdict["label"] == COVID, None)
+
+
+def _evaluations(view: dict, model_versions: dict[str, str]) -> hd.sr.ContainerContentItem:
+    """TID 1500's Qualitative Evaluations: what has no code, as text a reader sees first."""
+    verdict = view["verdict"]
+    texts = [(VERDICT_TEXT, f"{verdict['label']}: {verdict['positive_images']} of "
+                            f"{verdict['total_images']} images positive, mean COVID "
+                            f"probability {verdict['covid_probability']:.3f}"),
+             (RULE_TEXT, verdict["rule"]),
+             (MODELS_TEXT, "; ".join(f"{model_version(m['architecture'], model_versions)} "
+                                     f"(threshold {m['threshold']:g})"
+                                     for m in view.get("models") or []) or "none")]
+    for position, image in enumerate(view["images"]):
+        if image.get("status") != "done" or not image.get("results"):
+            code = (image.get("error") or {}).get("code") or image.get("status") or "unknown"
+            texts.append((NOT_ANALYSED, f"{image_title(position, image)}: {code}"))
+    texts += [(STUDY_WARNING, warning) for warning in view.get("warnings") or []]
+    texts += [(DISCLAIMER_TEXT, view.get("disclaimer") or RESEARCH_WARNING),
+              (WARNING_TEXT, RESEARCH_WARNING)]
+    container = hd.sr.ContainerContentItem(name=QUALITATIVE, relationship_type=_CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence(
+        [hd.sr.TextContentItem(name=name, value=value, relationship_type=_CONTAINS)
+         for name, value in texts])
+    return container
