@@ -28,8 +28,10 @@ def read_files() -> tuple[list[tuple[str | None, bytes]] | None, bytes | None]:
             if name != "images" and len(fields.getlist(name)) > 1:
                 raise InvalidRequest(f"The field '{name[:40]}' was sent more than once: "
                                      "send each field once.")
-    images = [(f.filename, f.read()) for f in request.files.getlist("images")]
+    # A browser sends a file input left empty as a part with no name and no bytes.
+    images = [(f.filename, f.read()) for f in request.files.getlist("images") if f.filename]
     archive = request.files.get("archive")
+    archive = archive if archive is not None and archive.filename else None
     return images or None, (archive.read() if archive is not None else None)
 
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 import base64
 
 from flask import (Blueprint, Response, current_app, flash, redirect, render_template,
-                   request, url_for)
-from werkzeug.datastructures import ImmutableMultiDict
+                   url_for)
 
 from extensions import limiter
 from inference.errors import ServiceError
@@ -72,13 +71,6 @@ def render_form(form: StudyForm, error: str | None = None) -> str:
                            max_mib=int(config["MAX_STUDY_BYTES"]) // (1024 * 1024))
 
 
-def drop_blank_file_parts() -> None:
-    """A browser sends a file input left empty as a part with no file name and no bytes;
-    the study service would count it as an upload (and refuse images plus archive)."""
-    kept = [(name, f) for name, f in request.files.items(multi=True) if f.filename]
-    request.files = ImmutableMultiDict(kept)
-
-
 @bp.get("/new")
 def new_study():
     return render_form(StudyForm())
@@ -90,7 +82,6 @@ def submit():
     form = StudyForm()
     if not form.validate_on_submit():
         return render_form(form), 400
-    drop_blank_file_parts()
     try:
         study_id = submit_from_request()
     except ServiceError as exc:
