@@ -1,0 +1,1 @@
+"""PACS: DICOMweb in, DICOM Structured Reports and Secondary Captures out."""

@@ -1,0 +1,344 @@
+"""DICOMweb for the PACS: search studies, list and fetch instances, store results.
+
+Every failure leaves as a :class:`PacsError` whose message names the server by
+``scheme://host:port`` only: credentials never appear, and response bodies are never
+quoted because they can hold patient data.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Mapping
+from urllib.parse import urlsplit
+from xml.etree.ElementTree import ParseError
+
+import pydicom
+import requests
+from requests.auth import HTTPBasicAuth
+from dicomweb_client import DICOMwebClient
+from pydicom.datadict import tag_for_keyword
+from pydicom.errors import InvalidDicomError
+from urllib3.exceptions import ReadTimeoutError
+
+from inference.errors import InvalidRequest, ServiceError
+
+# The library logs every study and instance UID it touches at INFO, which the app's
+# INFO logging would keep; the UIDs identify a patient's studies.
+logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
+
+STUDY_FIELDS = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyDescription",
+                "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
+                "NumberOfStudyRelatedInstances", "AccessionNumber", "PatientName", "PatientID")
+INSTANCE_FIELDS = ("SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality",
+                   "InstanceNumber", "SeriesDescription", "Manufacturer")
+INSTANCE_PAGE = 1000
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_MODALITY = re.compile(r"[A-Z0-9]{1,16}")
+_TAG = re.compile(r"[0-9A-Fa-f]{8}")  # DICOM JSON keys
+# What a malformed response raises while the library or pydicom parses it.
+_GARBAGE = (ValueError, KeyError, IndexError, TypeError, EOFError, OverflowError,
+            struct.error, InvalidDicomError, ParseError)
+
+
+class PacsError(ServiceError):
+    """The PACS cannot be reached, refused the request or answered garbage."""
+
+    def __init__(self, message: str, status_code: int | None = None):
+        super().__init__(message)
+        self.status_code = status_code  # the PACS's HTTP status, when it answered one
+
+
+class PacsTimeout(PacsError):
+    """The PACS did not answer within the configured time."""
+
+
+class PacsNotConfigured(ServiceError):
+    """No PACS is configured (``DICOMWEB_URL`` is empty), or its settings are unusable."""
+
+
+@dataclass(frozen=True)
+class PacsSettings:
+    """Where the PACS is and how to log in; secrets stay out of ``repr``."""
+
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    timeout_s: float = 30.0
+
+    def __post_init__(self):
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PacsNotConfigured("DICOMWEB_URL must be an http:// or https:// URL.")
+        if parts.username is not None or parts.password is not None:
+            raise PacsNotConfigured("DICOMWEB_URL must not hold credentials: set "
+                                    "DICOMWEB_USERNAME and DICOMWEB_PASSWORD instead.")
+        if self.token and (self.username or self.password):
+            raise PacsNotConfigured("Set DICOMWEB_TOKEN or DICOMWEB_USERNAME and "
+                                    "DICOMWEB_PASSWORD, not both.")
+        if bool(self.username) != bool(self.password):
+            raise PacsNotConfigured("DICOMWEB_USERNAME and DICOMWEB_PASSWORD go together.")
+        if self.token and not self.token.isprintable():
+            raise PacsNotConfigured("DICOMWEB_TOKEN holds characters a header cannot carry.")
+        if not self.timeout_s > 0:
+            raise PacsNotConfigured("DICOMWEB_TIMEOUT_S must be a positive number of seconds.")
+
+    @classmethod
+    def from_config(cls, config: Mapping, environ: Mapping = os.environ) -> PacsSettings | None:
+        """The URL and time-out from the app's config, credentials only from ``environ``
+        (a config file is easier to leak than the environment); None when unconfigured."""
+        url = (config.get("DICOMWEB_URL") or "").strip()
+        if not url:
+            return None
+        try:
+            timeout_s = float(config.get("DICOMWEB_TIMEOUT_S", 30))
+        except (TypeError, ValueError):
+            raise PacsNotConfigured("DICOMWEB_TIMEOUT_S must be a number of seconds.") from None
+        return cls(url=url, username=environ.get("DICOMWEB_USERNAME") or None,
+                   password=environ.get("DICOMWEB_PASSWORD") or None,
+                   token=environ.get("DICOMWEB_TOKEN") or None, timeout_s=timeout_s)
+
+    @property
+    def origin(self) -> str:
+        """``scheme://host:port``: how messages name the server."""
+        parts = urlsplit(self.url)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return f"{parts.scheme}://{host}:{port}"
+
+
+def client_from_config(config: Mapping, environ: Mapping = os.environ) -> PacsClient:
+    """A client for the configured PACS, or :class:`PacsNotConfigured`."""
+    settings = PacsSettings.from_config(config, environ)
+    if settings is None:
+        raise PacsNotConfigured("No PACS is configured: set DICOMWEB_URL.")
+    return PacsClient(settings)
+
+
+class PacsClient:
+    """QIDO-RS, WADO-RS and STOW-RS through dicomweb-client, with errors made plain."""
+
+    def __init__(self, settings: PacsSettings):
+        self.settings = settings
+        session = requests.Session()
+        if settings.token:
+            session.headers["Authorization"] = f"Bearer {settings.token}"
+        elif settings.username:
+            session.auth = HTTPBasicAuth(settings.username, settings.password)
+        self._dicomweb = DICOMwebClient(url=settings.url.rstrip("/"), session=session,
+                                        timeout=settings.timeout_s)
+        # The library retries every failure, time-outs included, up to five times with
+        # waits of seconds: one 30 s time-out would become minutes. Jobs retry instead.
+        self._dicomweb.set_http_retry_params(retry=False)
+
+    def __repr__(self) -> str:
+        return f"PacsClient({self.settings.origin})"
+
+    def studies(self, modality: str | None = None, limit: int = 100,
+                offset: int = 0) -> list[dict]:
+        """One page of studies, newest first within the page (QIDO has no sort order)."""
+        filters = {}
+        if modality:
+            modality = modality.strip().upper()
+            if not _MODALITY.fullmatch(modality):
+                raise InvalidRequest("modality must be a DICOM modality such as CT or DX.")
+            filters["ModalitiesInStudy"] = modality
+        if limit < 1 or offset < 0:
+            raise InvalidRequest("limit must be at least 1 and offset at least 0.")
+        with self._errors():
+            found = self._dicomweb.search_for_studies(
+                limit=limit, offset=offset, fields=STUDY_FIELDS, search_filters=filters)
+            studies = [_study(item) for item in _items(found)]
+        return sorted(studies, key=lambda s: (s["date"] or "", s["time"] or ""), reverse=True)
+
+    def instances(self, study_uid: str) -> list[dict]:
+        """Every instance of the study, in series then instance-number order; pages until
+        the server has nothing new, as servers cap a QIDO answer at their own limit."""
+        _check_uid(study_uid)
+        found: dict[str, dict] = {}
+        with self._errors():
+            while True:
+                page = self._dicomweb.search_for_instances(
+                    study_instance_uid=study_uid, fields=INSTANCE_FIELDS,
+                    limit=INSTANCE_PAGE, offset=len(found))
+                fresh = [i for i in map(_instance, _items(page))
+                         if i["sop_instance_uid"] not in found]
+                if not fresh:
+                    break
+                found.update((i["sop_instance_uid"], i) for i in fresh)
+        return sorted(found.values(), key=lambda i: (i["series_uid"], i["instance_number"] or 0,
+                                                     i["sop_instance_uid"]))
+
+    def retrieve(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> bytes:
+        """One instance as DICOM Part-10 bytes, in the transfer syntax the PACS stores."""
+        for uid in (study_uid, series_uid, sop_instance_uid):
+            _check_uid(uid)
+        with self._errors():
+            dataset = self._dicomweb.retrieve_instance(
+                study_uid, series_uid, sop_instance_uid,
+                media_types=(("application/dicom", "*"),))
+            if dataset.get("SOPInstanceUID") != sop_instance_uid:
+                raise self._garbage()
+            buffer = io.BytesIO()
+            pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+        return buffer.getvalue()
+
+    def store(self, datasets: list) -> None:
+        """STOW-RS the datasets; any instance the PACS refuses raises :class:`PacsError`."""
+        if not datasets:
+            return
+        # As Part-10 files: the library writes datasets as they are, and a dataset made in
+        # memory has no preamble or file meta, which a PACS rejects.
+        files = [pydicom.dcmread(io.BytesIO(_part10(ds))) for ds in datasets]
+        with self._errors():
+            answer = self._dicomweb.store_instances(files)
+            failed = list(answer.get("FailedSOPSequence", None) or [])
+        if failed:
+            reasons = sorted({int(item.get("FailureReason", 0) or 0) for item in failed})
+            codes = ", ".join(f"0x{reason:04X}" for reason in reasons)
+            raise PacsError(f"The PACS at {self.settings.origin} refused {len(failed)} of "
+                            f"{len(files)} instances (failure reason {codes}).")
+
+    def ping(self) -> None:
+        """Raise unless the server answers a DICOMweb search; cheap enough for /readyz."""
+        with self._errors():
+            found = self._dicomweb.search_for_studies(limit=1, fields=("StudyInstanceUID",))
+            [_study(item) for item in _items(found)]
+
+    @contextmanager
+    def _errors(self):
+        """Turn whatever requests, the library or pydicom raise into plain PACS errors."""
+        origin = self.settings.origin
+        try:
+            yield
+        except PacsError:
+            raise
+        except requests.Timeout:
+            raise self._timeout() from None
+        except requests.HTTPError as error:
+            raise self._http_error(error.response) from None
+        except requests.ConnectionError as error:
+            if error.args and isinstance(error.args[0], ReadTimeoutError):
+                raise self._timeout() from None  # a body that stopped arriving
+            raise PacsError(f"The PACS at {origin} cannot be reached.") from None
+        except requests.JSONDecodeError:
+            raise self._garbage() from None
+        except requests.RequestException as error:
+            raise PacsError(f"The PACS at {origin} failed to answer "
+                            f"({type(error).__name__}).") from None
+        except _GARBAGE:
+            raise self._garbage() from None
+
+    def _timeout(self) -> PacsTimeout:
+        return PacsTimeout(f"The PACS at {self.settings.origin} did not answer within "
+                           f"{self.settings.timeout_s:g} s.")
+
+    def _garbage(self) -> PacsError:
+        return PacsError(f"The PACS at {self.settings.origin} answered with something that "
+                         "is not DICOMweb; check DICOMWEB_URL.")
+
+    def _http_error(self, response) -> PacsError:
+        origin, status = self.settings.origin, getattr(response, "status_code", None)
+        if status in (401, 403):
+            return PacsError(f"The PACS at {origin} refused the credentials (HTTP {status}): "
+                             "check DICOMWEB_USERNAME and DICOMWEB_PASSWORD, or "
+                             "DICOMWEB_TOKEN.", status)
+        if status in (408, 504):
+            return PacsTimeout(f"The PACS at {origin} timed out (HTTP {status}).", status)
+        return PacsError(f"The PACS at {origin} answered HTTP {status}.", status)
+
+
+def _check_uid(uid: str) -> None:
+    if not isinstance(uid, str) or len(uid) > 64 or not _UID.fullmatch(uid):
+        raise InvalidRequest("That is not a DICOM UID.")
+
+
+def _part10(dataset) -> bytes:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class _Garbage(ValueError):
+    """A QIDO answer that is JSON but not a list of DICOM JSON datasets."""
+
+
+def _items(found) -> list[dict]:
+    if not isinstance(found, list) or not all(
+            isinstance(item, dict) and all(map(_TAG.fullmatch, item)) for item in found):
+        raise _Garbage()
+    return found
+
+
+def _values(item: dict, keyword: str) -> list:
+    element = item.get(f"{tag_for_keyword(keyword):08X}")
+    if element is None:
+        return []
+    values = element.get("Value", []) if isinstance(element, dict) else None
+    if not isinstance(values, list):
+        raise _Garbage()
+    return values
+
+
+def _text(item: dict, keyword: str) -> str | None:
+    values = _values(item, keyword)
+    value = values[0] if values else None
+    if isinstance(value, dict):  # a person name: {"Alphabetic": "..."}
+        value = value.get("Alphabetic")
+    return None if value in (None, "") else str(value)
+
+
+def _number(item: dict, keyword: str) -> int | None:
+    try:
+        return int(_text(item, keyword))
+    except (TypeError, ValueError):
+        return None
+
+
+def _required(item: dict, keyword: str) -> str:
+    value = _text(item, keyword)
+    if value is None:
+        raise _Garbage()
+    return value
+
+
+def _date(value: str | None) -> str | None:
+    if value is None or not re.fullmatch(r"\d{8}", value):
+        return None
+    return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+
+
+def _time(value: str | None) -> str | None:
+    match = re.fullmatch(r"(\d\d)(\d\d)?(\d\d)?(\.\d+)?", value or "")
+    if match is None:
+        return None
+    return ":".join(part for part in match.groups()[:3] if part)
+
+
+def _study(item: dict) -> dict:
+    return {"study_uid": _required(item, "StudyInstanceUID"),
+            "date": _date(_text(item, "StudyDate")),
+            "time": _time(_text(item, "StudyTime")),
+            "description": _text(item, "StudyDescription"),
+            "modalities": [str(v) for v in _values(item, "ModalitiesInStudy")],
+            "series": _number(item, "NumberOfStudyRelatedSeries"),
+            "images": _number(item, "NumberOfStudyRelatedInstances"),
+            "accession": _text(item, "AccessionNumber"),
+            "patient_name": _text(item, "PatientName"),
+            "patient_id": _text(item, "PatientID")}
+
+
+def _instance(item: dict) -> dict:
+    return {"series_uid": _required(item, "SeriesInstanceUID"),
+            "sop_instance_uid": _required(item, "SOPInstanceUID"),
+            "sop_class_uid": _text(item, "SOPClassUID"),
+            "modality": _text(item, "Modality"),
+            "instance_number": _number(item, "InstanceNumber"),
+            "series_description": _text(item, "SeriesDescription"),
+            "manufacturer": _text(item, "Manufacturer")}

@@ -1,0 +1,104 @@
+"""A real Orthanc with its DICOMweb plugin on loopback for a test: own storage, free port."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from .redis_server import free_port
+
+ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+needs_orthanc = [pytest.mark.services,
+                 pytest.mark.skipif(ORTHANC is None or not Path(DICOMWEB_PLUGIN).exists(),
+                                    reason="Orthanc is missing: install Debian's orthanc and "
+                                           "orthanc-dicomweb (.ci/run does)")]
+
+
+class OrthancServer:
+    """One Orthanc process; ``stop()`` and ``start()`` keep its storage, for restart tests."""
+
+    def __init__(self, folder: Path, username: str | None, password: str | None):
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dicomweb_url = f"{self.url}/dicom-web"
+        self.auth = (username, password or "") if username else None
+        self.config_path = folder / "orthanc.json"
+        self.log_path = folder / "orthanc.log"
+        self.process: subprocess.Popen | None = None
+        self.config_path.write_text(json.dumps(self._config(username, password), indent=2))
+
+    def _config(self, username: str | None, password: str | None) -> dict:
+        storage = str(self.folder / "storage")
+        return {
+            "Name": "LungScanTest",
+            "HttpPort": self.port,
+            "RemoteAccessAllowed": False,  # refuses any client that is not on loopback
+            "DicomServerEnabled": False,
+            "StorageDirectory": storage,
+            "IndexDirectory": storage,
+            "SaveJobs": False,
+            "AuthenticationEnabled": username is not None,
+            "RegisteredUsers": {username: password or ""} if username else {},
+            "Plugins": [DICOMWEB_PLUGIN],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
+        }
+
+    def start(self) -> None:
+        """Start Orthanc and wait (up to 30 s) until its REST API answers."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([ORTHANC, str(self.config_path)], stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            cwd=self.folder)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{self.url}/system", auth=self.auth, timeout=1).ok:
+                    return
+            except requests.RequestException:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"Orthanc did not start:\n{self.log_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+    def upload(self, dicom_bytes: bytes) -> dict:
+        """Store one Part-10 file through Orthanc's own REST API (not DICOMweb)."""
+        response = requests.post(f"{self.url}/instances", data=dicom_bytes, auth=self.auth,
+                                 headers={"Content-Type": "application/dicom"}, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@contextmanager
+def orthanc_server(folder: Path, username: str | None = None, password: str | None = None):
+    """Yield a started :class:`OrthancServer` storing under ``folder``; stopped after."""
+    folder.mkdir(parents=True, exist_ok=True)
+    server = OrthancServer(folder, username, password)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
