@@ -27,6 +27,7 @@ timeout = 120  # a cold load of the largest model plus its first request
 graceful_timeout = 30
 keepalive = 5
 preload_app = False  # TensorFlow must not be initialised before the fork
+logger_class = "web.access_log.RedactingLogger"  # no study id in the access log
 
 
 def inference_threads(worker_count: int) -> int:

@@ -62,3 +62,16 @@ def test_a_300_slice_series_through_curl(server, tmp_path):
     assert deleted.stdout == "204"
     assert curl("-w", "%{http_code}", "-o", "/dev/null", url).stdout == "404"
     assert "Traceback" not in server.log_text()
+
+
+def test_the_access_log_never_holds_a_study_id(server, tmp_path):
+    archive = tmp_path / "one.zip"
+    archive.write_bytes(zip_of(ct_series(2)))
+    body = curl("-F", f"archive=@{archive}", "-F", "modality=ct", "-F", "model=vgg16",
+                f"{server.url}/api/v1/studies").stdout
+    study_id = json.loads(body)["id"]
+    curl(f"{server.url}/api/v1/studies/{study_id}")
+    curl("-o", "/dev/null", f"{server.url}/studies/{study_id}")
+    log = server.log_text()
+    assert "/api/v1/studies/<id>" in log and "/studies/<id>" in log
+    assert study_id not in log
