@@ -20,10 +20,10 @@ from xml.etree.ElementTree import ParseError
 
 import pydicom
 import requests
-from requests.auth import HTTPBasicAuth
 from dicomweb_client import DICOMwebClient
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
+from requests.auth import HTTPBasicAuth
 from urllib3.exceptions import ReadTimeoutError
 
 from inference.errors import InvalidRequest, ServiceError
@@ -37,7 +37,7 @@ STUDY_FIELDS = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyDescription"
                 "NumberOfStudyRelatedInstances", "AccessionNumber", "PatientName", "PatientID")
 INSTANCE_FIELDS = ("SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality",
                    "InstanceNumber", "SeriesDescription", "Manufacturer")
-INSTANCE_PAGE = 1000
+INSTANCE_PAGE, MAX_PAGES = 1000, 100  # a study of more than 100000 instances is cut short
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _MODALITY = re.compile(r"[A-Z0-9]{1,16}")
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")  # DICOM JSON keys
@@ -73,10 +73,8 @@ class PacsSettings:
     timeout_s: float = 30.0
 
     def __post_init__(self):
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise PacsNotConfigured("DICOMWEB_URL must be an http:// or https:// URL.")
-        if parts.username is not None or parts.password is not None:
+        _origin(self.url)
+        if "@" in urlsplit(self.url).netloc:
             raise PacsNotConfigured("DICOMWEB_URL must not hold credentials: set "
                                     "DICOMWEB_USERNAME and DICOMWEB_PASSWORD instead.")
         if self.token and (self.username or self.password):
@@ -107,10 +105,7 @@ class PacsSettings:
     @property
     def origin(self) -> str:
         """``scheme://host:port``: how messages name the server."""
-        parts = urlsplit(self.url)
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        return f"{parts.scheme}://{host}:{port}"
+        return _origin(self.url)
 
 
 def client_from_config(config: Mapping, environ: Mapping = os.environ) -> PacsClient:
@@ -163,7 +158,7 @@ class PacsClient:
         _check_uid(study_uid)
         found: dict[str, dict] = {}
         with self._errors():
-            while True:
+            for _ in range(MAX_PAGES):
                 page = self._dicomweb.search_for_instances(
                     study_instance_uid=study_uid, fields=INSTANCE_FIELDS,
                     limit=INSTANCE_PAGE, offset=len(found))
@@ -185,9 +180,7 @@ class PacsClient:
                 media_types=(("application/dicom", "*"),))
             if dataset.get("SOPInstanceUID") != sop_instance_uid:
                 raise self._garbage()
-            buffer = io.BytesIO()
-            pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-        return buffer.getvalue()
+            return _part10(dataset)
 
     def store(self, datasets: list) -> None:
         """STOW-RS the datasets; any instance the PACS refuses raises :class:`PacsError`."""
@@ -197,10 +190,9 @@ class PacsClient:
         # memory has no preamble or file meta, which a PACS rejects.
         files = [pydicom.dcmread(io.BytesIO(_part10(ds))) for ds in datasets]
         with self._errors():
-            answer = self._dicomweb.store_instances(files)
-            failed = list(answer.get("FailedSOPSequence", None) or [])
+            failed = self._dicomweb.store_instances(files).get("FailedSOPSequence") or []
+            reasons = sorted({int(item.get("FailureReason") or 0) for item in failed})
         if failed:
-            reasons = sorted({int(item.get("FailureReason", 0) or 0) for item in failed})
             codes = ", ".join(f"0x{reason:04X}" for reason in reasons)
             raise PacsError(f"The PACS at {self.settings.origin} refused {len(failed)} of "
                             f"{len(files)} instances (failure reason {codes}).")
@@ -254,6 +246,19 @@ class PacsClient:
         return PacsError(f"The PACS at {origin} answered HTTP {status}.", status)
 
 
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of an http(s) URL, without any user information."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port that is not a number, or out of range
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PacsNotConfigured("DICOMWEB_URL must be an http:// or https:// URL.")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port}"
+
+
 def _check_uid(uid: str) -> None:
     if not isinstance(uid, str) or len(uid) > 64 or not _UID.fullmatch(uid):
         raise InvalidRequest("That is not a DICOM UID.")
@@ -265,14 +270,11 @@ def _part10(dataset) -> bytes:
     return buffer.getvalue()
 
 
-class _Garbage(ValueError):
-    """A QIDO answer that is JSON but not a list of DICOM JSON datasets."""
-
-
 def _items(found) -> list[dict]:
+    """The QIDO answer, if it is a list of DICOM JSON datasets (ValueError: garbage)."""
     if not isinstance(found, list) or not all(
             isinstance(item, dict) and all(map(_TAG.fullmatch, item)) for item in found):
-        raise _Garbage()
+        raise ValueError("not DICOM JSON")
     return found
 
 
@@ -282,15 +284,17 @@ def _values(item: dict, keyword: str) -> list:
         return []
     values = element.get("Value", []) if isinstance(element, dict) else None
     if not isinstance(values, list):
-        raise _Garbage()
+        raise ValueError("not a DICOM JSON element")
     return values
 
 
-def _text(item: dict, keyword: str) -> str | None:
+def _text(item: dict, keyword: str, required: bool = False) -> str | None:
     values = _values(item, keyword)
     value = values[0] if values else None
     if isinstance(value, dict):  # a person name: {"Alphabetic": "..."}
         value = value.get("Alphabetic")
+    if required and value in (None, ""):
+        raise ValueError(f"no {keyword}")
     return None if value in (None, "") else str(value)
 
 
@@ -301,28 +305,20 @@ def _number(item: dict, keyword: str) -> int | None:
         return None
 
 
-def _required(item: dict, keyword: str) -> str:
-    value = _text(item, keyword)
-    if value is None:
-        raise _Garbage()
-    return value
-
-
 def _date(value: str | None) -> str | None:
-    if value is None or not re.fullmatch(r"\d{8}", value):
-        return None
-    return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    """DICOM DA (YYYYMMDD) as YYYY-MM-DD."""
+    match = re.fullmatch(r"(\d{4})(\d\d)(\d\d)", value or "")
+    return "-".join(match.groups()) if match else None
 
 
 def _time(value: str | None) -> str | None:
-    match = re.fullmatch(r"(\d\d)(\d\d)?(\d\d)?(\.\d+)?", value or "")
-    if match is None:
-        return None
-    return ":".join(part for part in match.groups()[:3] if part)
+    """DICOM TM (HH[MM[SS[.F]]]) as HH[:MM[:SS]]."""
+    match = re.fullmatch(r"(\d\d)(\d\d)?(\d\d)?(?:\.\d+)?", value or "")
+    return ":".join(part for part in match.groups() if part) if match else None
 
 
 def _study(item: dict) -> dict:
-    return {"study_uid": _required(item, "StudyInstanceUID"),
+    return {"study_uid": _text(item, "StudyInstanceUID", True),
             "date": _date(_text(item, "StudyDate")),
             "time": _time(_text(item, "StudyTime")),
             "description": _text(item, "StudyDescription"),
@@ -335,8 +331,8 @@ def _study(item: dict) -> dict:
 
 
 def _instance(item: dict) -> dict:
-    return {"series_uid": _required(item, "SeriesInstanceUID"),
-            "sop_instance_uid": _required(item, "SOPInstanceUID"),
+    return {"series_uid": _text(item, "SeriesInstanceUID", True),
+            "sop_instance_uid": _text(item, "SOPInstanceUID", True),
             "sop_class_uid": _text(item, "SOPClassUID"),
             "modality": _text(item, "Modality"),
             "instance_number": _number(item, "InstanceNumber"),

@@ -18,7 +18,7 @@ from inference.errors import InvalidRequest
 from pacs.client import (PacsClient, PacsError, PacsNotConfigured, PacsSettings, PacsTimeout,
                          client_from_config)
 
-from .dicom_factory import PATIENT_ID, PATIENT_NAME, new_dataset, to_bytes, xray_file
+from .dicom_factory import PATIENT_ID, PATIENT_NAME, to_bytes, xray_file
 from .orthanc_server import needs_orthanc, orthanc_server
 from .study_helpers import ct_series
 
@@ -151,6 +151,14 @@ def test_store_of_a_dataset_made_in_memory_then_lists_it(client, orthanc):
     back = pydicom.dcmread(io.BytesIO(client.retrieve(study_uid, capture.SeriesInstanceUID,
                                                       capture.SOPInstanceUID)))
     assert np.array_equal(back.pixel_array, capture.pixel_array)
+
+
+def test_an_instance_orthanc_refuses_to_store_is_a_pacs_error(client):
+    orphan = secondary_capture(generate_uid())
+    del orphan.StudyInstanceUID  # Orthanc needs the patient, study and series UIDs
+    with pytest.raises(PacsError) as caught:
+        client.store([orphan])
+    assert caught.value.status_code == 400 and PATIENT_ID not in caught.value.message
 
 
 def test_bad_uids_and_modalities_are_refused_before_any_request(client):
