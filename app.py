@@ -50,6 +50,7 @@ def register_extensions(app: Flask) -> None:
     csrf.init_app(app)
     limiter.init_app(app)
     import contact.models  # noqa: F401 - registers the table
+    import pacs.models  # noqa: F401 - registers the table
     import studies.models  # noqa: F401 - registers the tables
 
     with app.app_context():
@@ -70,10 +71,12 @@ def register_services(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     from contact.views import bp as contact_bp
     from web.api import bp as api_bp
-    from web.studies_api import bp as studies_api_bp
     from web.apidocs import bp as apidocs_bp
     from web.health import bp as health_bp
+    from web.pacs_api import bp as pacs_api_bp
+    from web.pacs_pages import bp as pacs_pages_bp
     from web.pages import bp as pages_bp
+    from web.studies_api import bp as studies_api_bp
     from web.study_pages import bp as study_pages_bp
 
     app.register_blueprint(pages_bp)
@@ -81,10 +84,13 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(contact_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(studies_api_bp)
+    app.register_blueprint(pacs_api_bp)
+    app.register_blueprint(pacs_pages_bp)
     app.register_blueprint(apidocs_bp)
     app.register_blueprint(health_bp)
     csrf.exempt(api_bp)
     csrf.exempt(studies_api_bp)
+    csrf.exempt(pacs_api_bp)
     csrf.exempt(health_bp)
 
 
@@ -97,11 +103,13 @@ def register_error_handlers(app: Flask) -> None:
 def register_commands(app: Flask) -> None:
     from contact.cli import contact_cli
     from jobs.cli import worker_command
+    from pacs.cli import pacs_cli
     from web.cli import models_cli
 
     app.cli.add_command(contact_cli)
     app.cli.add_command(models_cli)
     app.cli.add_command(worker_command)
+    app.cli.add_command(pacs_cli)
 
 
 def register_security(app: Flask) -> None:

@@ -63,6 +63,17 @@ class Config:
     EMBEDDED_WORKER = True
     WORKER_SWEEP_S = 30  # how often workers look for stalled and expired studies
 
+    # PACS over DICOMweb (pacs/): the server comes from here only, never from a request;
+    # credentials only from the environment (DICOMWEB_USERNAME / DICOMWEB_PASSWORD or
+    # DICOMWEB_TOKEN).
+    DICOMWEB_URL = None  # e.g. http://127.0.0.1:8042/dicom-web
+    DICOMWEB_TIMEOUT_S = 30
+    PACS_AUTO_ANALYSE = ""  # e.g. "ct:all,xray:resnet50": analyse new studies on arrival
+    PACS_EXPLAIN = False  # auto-analysis with heatmaps (written back as captures)
+    PACS_WRITE_BACK = True  # store the report (and captures) in the PACS study
+    PACS_POLL_S = 30  # how often workers look for new PACS studies
+    PACS_STABLE_S = 60  # a study is analysed once its image count held this long
+
     # Rate limits (Flask-Limiter).
     RATELIMIT_ENABLED = True
     RATELIMIT_STORAGE_URI = "memory://"

@@ -13,10 +13,12 @@ log = logging.getLogger(__name__)
 class Tasks:
     run_study: Callable[[str], object]  # calling it queues the study
     housekeeping: Callable[[], int]  # runs now, in the caller: re-queues and purges
+    pacs_poll: Callable[[], int]  # runs now: starts studies that arrived in the PACS
 
 
 def register_tasks(huey, app) -> Tasks:
     """Register this app's jobs on its queue (the same names in every process)."""
+    from pacs.jobs import register_pacs_tasks
     from studies import service as studies
     from studies.service import StudyConfig
 
@@ -26,9 +28,14 @@ def register_tasks(huey, app) -> Tasks:
     @huey.task(name="run_study")
     def run_study(study_id: str) -> None:
         with app.app_context():
+            source = pacs.source_for(study_id)
             # Only a prefix of the id is logged: the id is the key to the results.
-            outcome = studies.run(app.extensions["inference"], config(), study_id)
+            outcome = studies.run(app.extensions["inference"], config(), study_id, source)
             log.info("study %s...: %s", study_id[:6], outcome)
+        if source is not None and outcome == "done" and app.config.get("PACS_WRITE_BACK"):
+            pacs.write_back(study_id)
+
+    pacs = register_pacs_tasks(huey, app, run_study)
 
     def housekeeping() -> int:
         with app.app_context():
@@ -41,4 +48,4 @@ def register_tasks(huey, app) -> Tasks:
             log.info("purged %d studies past their retention time", purged)
         return len(stale)
 
-    return Tasks(run_study=run_study, housekeeping=housekeeping)
+    return Tasks(run_study=run_study, housekeeping=housekeeping, pacs_poll=pacs.poll)

@@ -11,25 +11,49 @@ import logging
 import threading
 import time
 
+from inference.errors import ServiceError
+
 log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 600  # a loop failing again and again waits at most this long
 
 
 class Housekeeper(threading.Thread):
     """Runs ``housekeeping`` now and then every ``interval`` seconds until stopped."""
 
-    def __init__(self, housekeeping, interval: float):
-        super().__init__(name="study-housekeeping", daemon=True)
+    def __init__(self, housekeeping, interval: float, name: str = "study-housekeeping"):
+        super().__init__(name=name, daemon=True)
         self.housekeeping, self.interval = housekeeping, interval
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        failures = 0
         while True:
             try:
                 self.housekeeping()
+                failures = 0
+            except ServiceError as exc:  # e.g. the PACS is down: said plainly, backed off
+                failures += 1
+                log.warning("%s: %s (trying again in %.0f s)", self.name, exc.message,
+                            self.delay(failures))
             except Exception:  # noqa: BLE001 - a database hiccup must not end the loop
-                log.exception("study housekeeping failed; trying again later")
-            if self.stopping.wait(self.interval):
+                failures += 1
+                log.exception("%s failed; trying again later", self.name)
+            if self.stopping.wait(self.delay(failures)):
                 return
+
+    def delay(self, failures: int) -> float:
+        """The interval, doubled per failure in a row up to ``MAX_BACKOFF_S``."""
+        return min(self.interval * 2 ** failures, max(self.interval, MAX_BACKOFF_S))
+
+
+def background_loops(app, tasks) -> list[Housekeeper]:
+    """Housekeeping, and the PACS poll when auto-analysis is on."""
+    loops = [Housekeeper(tasks.housekeeping, float(app.config["WORKER_SWEEP_S"]))]
+    if getattr(tasks.pacs_poll, "enabled", False):
+        loops.append(Housekeeper(tasks.pacs_poll, float(app.config["PACS_POLL_S"]),
+                                 name="pacs-poll"))
+    return loops
 
 
 class EmbeddedWorker(threading.Thread):
@@ -39,11 +63,12 @@ class EmbeddedWorker(threading.Thread):
         super().__init__(name="embedded-worker", daemon=True)
         self.huey, self.wake = huey, wake
         self.stopping = threading.Event()
-        self.housekeeper = Housekeeper(tasks.housekeeping, float(app.config["WORKER_SWEEP_S"]))
+        self.housekeepers = background_loops(app, tasks)
         self.poll_s = float(app.config.get("EMBEDDED_POLL_S", 1.0))
 
     def run(self) -> None:
-        self.housekeeper.start()
+        for loop in self.housekeepers:
+            loop.start()
         while not self.stopping.is_set():
             try:
                 task = self.huey.dequeue()
@@ -58,7 +83,8 @@ class EmbeddedWorker(threading.Thread):
 
     def stop(self, timeout: float = 30.0) -> None:
         self.stopping.set()
-        self.housekeeper.stopping.set()
+        for loop in self.housekeepers:
+            loop.stopping.set()
         self.wake.set()
         self.join(timeout)
 
@@ -66,8 +92,9 @@ class EmbeddedWorker(threading.Thread):
 def run_consumer(app, workers: int = 1) -> None:
     """``flask worker``: Huey's consumer (signals handled) plus housekeeping."""
     queue = app.extensions["job_queue"]
-    housekeeper = Housekeeper(queue.tasks.housekeeping, float(app.config["WORKER_SWEEP_S"]))
-    housekeeper.start()
+    loops = background_loops(app, queue.tasks)
+    for loop in loops:
+        loop.start()
     if app.config.get("PREPARE_MODELS"):
         app.extensions["inference"].start_preparation()
     consumer = queue.huey.create_consumer(workers=workers, worker_type="thread",
@@ -77,5 +104,6 @@ def run_consumer(app, workers: int = 1) -> None:
     try:
         consumer.run()
     finally:
-        housekeeper.stopping.set()
+        for loop in loops:
+            loop.stopping.set()
         log.info("worker stopped after %.0f s", time.monotonic() - started)

@@ -16,15 +16,20 @@ from .ordering import OrderedFile
 from .store import hold, new_study_id
 
 
+def remote_study(source: str, remote_uid: str, modality: str, model: str, explain: bool,
+                 study_id: str | None = None) -> Study:
+    """A new study whose images a worker will fetch (``source``: "pacs"), unsaved."""
+    return Study(id=study_id or new_study_id(), status=QUEUED, modality=modality,
+                 model=model, explain=explain, total=0, done=0, warnings=[], source=source,
+                 pacs_study_uid=remote_uid)
+
+
 def create_remote_study(source: str, remote_uid: str, modality: str, model: str,
                         explain: bool) -> str:
-    """A study whose images a worker will fetch (``source``: "pacs")."""
-    study_id = new_study_id()
-    db.session.add(Study(id=study_id, status=QUEUED, modality=modality, model=model,
-                         explain=explain, total=0, done=0, warnings=[], source=source,
-                         pacs_study_uid=remote_uid))
+    study = remote_study(source, remote_uid, modality, model, explain)
+    db.session.add(study)
     db.session.commit()
-    return study_id
+    return study.id
 
 
 STAGING = -1_000_000  # fetched bytes wait under index STAGING + k until ordered

@@ -17,7 +17,7 @@ from .errors import StudyNotFound
 from .intake import Intake, Limits, read_archive, read_uploads
 from .ordering import order_files
 from .report import study_csv, study_view
-from .runner import BATCH, Settings, process_study
+from .runner import BATCH, ImageSource, Settings, process_study
 from .verdict import StudyRule
 
 
@@ -119,8 +119,9 @@ def delete(config: StudyConfig, study_id: str) -> None:
     store.delete_study(study.id)
 
 
-def run(inference: InferenceService, config: StudyConfig, study_id: str) -> str:
-    return process_study(inference, study_id, config.settings())
+def run(inference: InferenceService, config: StudyConfig, study_id: str,
+        source: ImageSource | None = None) -> str:
+    return process_study(inference, study_id, config.settings(), source)
 
 
 def housekeeping(config: StudyConfig) -> tuple[list[str], int]:

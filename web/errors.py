@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from inference.errors import (InvalidRequest, ModelUnavailable, ServiceError, UnsupportedImage,
                               UnusableImage)
+from pacs.client import PacsError, PacsNotConfigured, PacsTimeout
 from studies.errors import StudyNotFound, StudyTooLarge, UnsafeArchive
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,9 @@ DOMAIN_ERRORS: dict[type[ServiceError], tuple[int, str]] = {
     StudyTooLarge: (413, "study_too_large"),
     UnsafeArchive: (422, "unsafe_archive"),
     StudyNotFound: (404, "not_found"),
+    PacsError: (502, "pacs_unavailable"),
+    PacsTimeout: (504, "pacs_timeout"),
+    PacsNotConfigured: (503, "pacs_not_configured"),
 }
 
 _HTTP_CODES = {

@@ -1,0 +1,76 @@
+"""``flask pacs list`` and ``flask pacs analyse STUDY_UID``: the PACS from a terminal."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from inference.errors import ServiceError
+
+pacs_cli = AppGroup("pacs", help="Browse the configured PACS and analyse its studies.")
+
+
+@pacs_cli.command("list")
+@click.option("--modality", default=None, help="CT, CR, DX...")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_command(modality: str | None, limit: int, as_json: bool) -> None:
+    """The PACS's studies, newest first (no patient fields)."""
+    from .client import client_from_config
+    from .service import browse
+
+    try:
+        studies = browse(client_from_config(current_app.config), modality, limit=limit)
+    except ServiceError as exc:
+        raise click.ClickException(exc.message) from None
+    if as_json:
+        click.echo(json.dumps({"studies": studies}, indent=2))
+        return
+    for study in studies:
+        click.echo(f"{study['study_uid']}  {study['date'] or '-':10}  "
+                   f"{','.join(study['modalities'] or []):8}  {study['series'] or '?':>3} series  "
+                   f"{study['images'] or '?':>4} images  {study['description'] or ''}")
+
+
+@pacs_cli.command("analyse")
+@click.argument("study_uid")
+@click.option("--modality", default="ct", show_default=True, help="ct or xray")
+@click.option("--model", default="all", show_default=True)
+@click.option("--explain", is_flag=True, help="Heatmaps, written back as captures.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait for the answer (a worker must be running, or this runs it).")
+def analyse_command(study_uid: str, modality: str, model: str, explain: bool,
+                    wait: bool) -> None:
+    """Analyse a PACS study and write the answer back into it."""
+    from studies import service as studies
+    from studies.service import StudyConfig
+
+    from .client import client_from_config
+    from .service import analyse
+
+    app = current_app._get_current_object()
+    try:
+        study_id = analyse(client_from_config(app.config), app.extensions["inference"],
+                           study_uid, modality, model, explain)
+    except ServiceError as exc:
+        raise click.ClickException(exc.message) from None
+    queue = app.extensions["job_queue"]
+    queue.enqueue_study(study_id)
+    click.echo(f"study {study_id} queued")
+    if not wait:
+        return
+    if queue.embedded:  # no separate worker in the embedded set-up: run it here
+        queue.start_embedded_worker()
+    config = StudyConfig.from_mapping(app.config)
+    while (view := studies.view(config, study_id))["status"] not in ("done", "failed"):
+        time.sleep(1)
+    if view["status"] == "failed":
+        raise click.ClickException(view["error"]["message"])
+    while app.config.get("PACS_WRITE_BACK") and not studies.view(config, study_id).get("written"):
+        time.sleep(1)
+    click.echo(json.dumps({"verdict": view["verdict"],
+                           "written": studies.view(config, study_id).get("written")}, indent=2))

@@ -1,0 +1,171 @@
+"""Analysing studies where they live: a real Orthanc on loopback, the real queue, real
+models; the report and heatmaps read back from Orthanc."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from extensions import db
+from pacs.client import client_from_config
+from studies.models import Study
+
+from .conftest import testing_config
+from .dicom_factory import PATIENT_ID, PATIENT_NAME, to_bytes, xray_file
+from .orthanc_server import needs_orthanc, orthanc_server
+from .study_helpers import ct_series, wait_for_study
+
+pytestmark = needs_orthanc
+
+
+def upload_study(orthanc, files: list[tuple[str, bytes]], description: str) -> str:
+    """Send the files to Orthanc as one study; its StudyInstanceUID."""
+    study_uid = generate_uid()
+    for _, data in files:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.StudyInstanceUID, ds.StudyDescription = study_uid, description
+        ds.StudyDate, ds.StudyTime = time.strftime("%Y%m%d"), "101500"
+        if "SeriesInstanceUID" not in ds:
+            ds.SeriesInstanceUID = generate_uid()
+        orthanc.upload(to_bytes(ds))
+    return study_uid
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    with orthanc_server(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server
+
+
+@pytest.fixture
+def pacs_app(tmp_path, tiny_model_dir, instance_path, orthanc):
+    from app import create_app
+
+    app = create_app(testing_config(tmp_path, MODEL_DIR=str(tiny_model_dir),
+                                    EMBEDDED_WORKER=True, DICOMWEB_URL=orthanc.dicomweb_url))
+    yield app
+    app.extensions["job_queue"].stop_embedded_worker()
+
+
+def wait_written(client, url: str, deadline_s: float = 120) -> dict:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        view = client.get(url).get_json()
+        if view.get("written"):
+            return view
+        time.sleep(0.2)
+    raise AssertionError("nothing was written back")
+
+
+def test_the_api_lists_pacs_studies_without_patient_data(pacs_app, orthanc):
+    ct_uid = upload_study(orthanc, ct_series(3, prefix="L"), "Chest CT for listing")
+    client = pacs_app.test_client()
+    listed = client.get("/api/v1/pacs/studies").get_json()["studies"]
+    mine = next(s for s in listed if s["study_uid"] == ct_uid)
+    assert mine["modalities"] == ["CT"] and mine["images"] == 3
+    assert mine["description"] == "Chest CT for listing"
+    text = client.get("/api/v1/pacs/studies?modality=CT").get_data(as_text=True)
+    assert ct_uid in text and PATIENT_NAME not in text and PATIENT_ID not in text
+    assert ct_uid not in client.get("/api/v1/pacs/studies?modality=DX").get_data(as_text=True)
+
+
+def test_one_click_analysis_writes_a_report_and_heatmaps_back(pacs_app, orthanc):
+    series = ct_series(6, prefix="A")
+    study_uid = upload_study(orthanc, series, "Chest CT to analyse")
+    client = pacs_app.test_client()
+    answer = client.post(f"/api/v1/pacs/studies/{study_uid}/analyses",
+                         data={"modality": "ct", "model": "all", "explain": "1"})
+    assert answer.status_code == 202, answer.get_json()
+    url = answer.get_json()["url"]
+    view = wait_for_study(client, url)
+    assert view["status"] == "done", view.get("error")
+    assert view["source"] == "pacs" and view["study_uid"] == study_uid
+    assert [i["instance_number"] for i in view["images"]] == list(range(1, 7))
+    view = wait_written(client, url)
+    pacs = client_from_config(pacs_app.config)
+    report_entry = view["written"][0]
+    report = pydicom.dcmread(io.BytesIO(pacs.retrieve(
+        study_uid, report_entry["series_uid"], report_entry["sop_instance_uid"])))
+    assert report.Modality == "SR" and report.StudyInstanceUID == study_uid
+    referenced = {sop.ReferencedSOPInstanceUID
+                  for study in report.CurrentRequestedProcedureEvidenceSequence
+                  for series_item in study.ReferencedSeriesSequence
+                  for sop in series_item.ReferencedSOPSequence}
+    assert referenced == {image["name"] for image in view["images"]}
+    probabilities = sorted(round(r["covid_probability"], 4) for image in view["images"]
+                           for r in image["results"])
+    numbers = sorted(round(float(item.MeasuredValueSequence[0].NumericValue), 4)
+                     for item in walk(report) if getattr(item, "ValueType", "") == "NUM"
+                     and item.ConceptNameCodeSequence[0].CodeMeaning.lower().startswith(
+                         "probability"))
+    for value in probabilities:
+        assert value in numbers
+    captures = [w for w in view["written"] if w["sop_class_uid"] != report.SOPClassUID]
+    assert len(captures) == 6 * 3  # one per image and model
+    instances = pacs.instances(study_uid)
+    assert len(instances) == 6 + 1 + 18
+
+    # Writing again replaces, never duplicates.
+    from pacs.analysis import write_back
+
+    with pacs_app.app_context():
+        write_back(pacs, pacs_app.extensions["inference"], view, "1.0")
+    assert len(pacs.instances(study_uid)) == 6 + 1 + 18
+
+
+def walk(dataset):
+    """Every content item of an SR tree, depth first."""
+    for item in getattr(dataset, "ContentSequence", []):
+        yield item
+        yield from walk(item)
+
+
+def test_an_xray_study_is_analysed_as_xray(pacs_app, orthanc):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    files = [(f"x{i}.dcm", xray_file(rng.integers(0, 4095, (64, 64)))) for i in range(2)]
+    study_uid = upload_study(orthanc, files, "Chest X-ray")
+    client = pacs_app.test_client()
+    answer = client.post(f"/api/v1/pacs/studies/{study_uid}/analyses",
+                         data={"modality": "xray", "model": "resnet50"})
+    view = wait_for_study(client, answer.get_json()["url"])
+    assert view["status"] == "done" and view["progress"]["total"] == 2
+    refused = client.post(f"/api/v1/pacs/studies/{study_uid}/analyses",
+                          data={"modality": "ct", "model": "vgg16"})
+    assert refused.status_code == 404
+    assert "holds no image of the chosen modality" in refused.get_json()["error"]["message"]
+
+
+def test_bad_requests_never_reach_another_server(pacs_app):
+    client = pacs_app.test_client()
+    for uid in ("1.2.3;rm -rf", "http://evil.example/x", "1..2"):
+        answer = client.post(f"/api/v1/pacs/studies/{uid}/analyses",
+                             data={"modality": "ct", "model": "vgg16"})
+        assert answer.status_code in (400, 404)
+    answer = client.get("/api/v1/pacs/studies?url=http://evil.example/dicom-web")
+    assert answer.status_code == 200  # the parameter is ignored: the server is config only
+    with pacs_app.app_context():
+        assert db.session.query(Study).count() == 0
+
+
+def test_the_page_lists_studies_with_names_and_analyses_one(pacs_app, orthanc):
+    study_uid = upload_study(orthanc, ct_series(3, prefix="P"), "Chest CT on the page")
+    client = pacs_app.test_client()
+    page = client.get("/pacs").get_data(as_text=True)
+    assert "Chest CT on the page" in page and study_uid in page
+    assert "Testpatient" in page  # shown to pick a study...
+    answer = client.post("/pacs/analyse", data={"study_uid": study_uid, "modality": "ct",
+                                                "model": "vgg16"})
+    assert answer.status_code == 303
+    study_id = answer.headers["Location"].rsplit("/", 1)[1]
+    view = wait_for_study(client, f"/api/v1/studies/{study_id}")
+    assert view["status"] == "done"
+    with pacs_app.app_context():  # ...but never kept
+        for row in db.session.query(Study).all():
+            assert PATIENT_NAME not in repr(vars(row)) and PATIENT_ID not in repr(vars(row))
+    assert f"/studies/{study_id}" in client.get("/pacs").get_data(as_text=True)
