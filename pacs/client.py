@@ -49,6 +49,8 @@ _GARBAGE = (ValueError, KeyError, IndexError, TypeError, EOFError, OverflowError
 class PacsError(ServiceError):
     """The PACS cannot be reached, refused the request or answered garbage."""
 
+    code = "pacs_unavailable"  # what a study that failed for it records
+
     def __init__(self, message: str, status_code: int | None = None):
         super().__init__(message)
         self.status_code = status_code  # the PACS's HTTP status, when it answered one
@@ -56,6 +58,8 @@ class PacsError(ServiceError):
 
 class PacsTimeout(PacsError):
     """The PACS did not answer within the configured time."""
+
+    code = "pacs_timeout"
 
 
 class PacsNotConfigured(ServiceError):

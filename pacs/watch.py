@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from extensions import db
 from inference.registry import normalize_architecture, normalize_modality
@@ -52,16 +53,20 @@ def parse_auto_analyse(text: str | None) -> list[AutoRule]:
 
 
 def record(study_uid: str, modality: str, images: int) -> PacsArrival:
-    """Remember a listed study; its count changing restarts the stability clock."""
+    """Remember a listed study; its count changing restarts the stability clock.
+    Pollers racing to add the same study: one row wins, the others read it."""
     now = utcnow()
     row = db.session.get(PacsArrival, study_uid)
     if row is None:
-        row = PacsArrival(study_uid=study_uid, modality=modality, images=images,
-                          seen_at=now, changed_at=now, next_try_at=now)
-        db.session.add(row)
+        db.session.add(PacsArrival(study_uid=study_uid, modality=modality, images=images,
+                                   seen_at=now, changed_at=now, next_try_at=now))
     elif row.images != images:
         row.images, row.changed_at = images, now
-    return row
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+    return db.session.get(PacsArrival, study_uid)
 
 
 def retry_unreachable() -> None:
@@ -97,12 +102,12 @@ def poll_once(client: PacsClient, rules: list[AutoRule], stable_s: float,
               explain: bool = False) -> list[str]:
     """One look at the PACS; the ids of the studies started."""
     retry_unreachable()
-    started, now = [], utcnow()
+    started = []
     for rule in rules:
         for dicom_modality in sorted(IMAGE_MODALITIES[rule.modality]):
             for listed in client.studies(dicom_modality, limit=500):
                 arrival = record(listed["study_uid"], rule.modality, listed["images"] or 0)
-                db.session.commit()
+                now = utcnow()
                 ready = (arrival.study_id is None and arrival.next_try_at <= now
                          and now - arrival.changed_at >= timedelta(seconds=stable_s))
                 if ready and (study_id := start(arrival, rule, explain)):
