@@ -46,3 +46,18 @@ def test_an_unknown_broker_scheme_is_refused_at_start(tmp_path, instance_path):
 
     with pytest.raises(ValueError, match="BROKER_URL"):
         create_app(testing_config(tmp_path, BROKER_URL="amqp://guest:secret@host//"))
+
+
+def test_readiness_follows_the_broker(tmp_path, instance_path, tiny_model_dir):
+    from app import create_app
+
+    with redis_server(tmp_path) as broker:
+        app = create_app(testing_config(tmp_path, MODEL_DIR=str(tiny_model_dir),
+                                        BROKER_URL=broker))
+        client = app.test_client()
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.get_json()["checks"]["broker"] == "ok"
+    down = client.get("/readyz")  # the Redis server has stopped
+    assert down.status_code == 503
+    assert down.get_json()["checks"]["broker"].startswith("error: ")
+    assert "redis://" not in down.get_data(as_text=True)

@@ -26,6 +26,11 @@ def readyz():
     except Exception as exc:  # noqa: BLE001 - any driver error means "not ready"
         db.session.rollback()
         checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        current_app.extensions["job_queue"].huey.pending_count()  # a read of the queue
+        checks["broker"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - Redis down, queue file unreadable
+        checks["broker"] = f"error: {type(exc).__name__}"
     model_dir = current_app.config["MODEL_DIR"]
     checks["model_dir"] = "ok" if os.path.isdir(model_dir) and os.access(model_dir, os.R_OK) \
         else "missing or unreadable"
