@@ -21,12 +21,13 @@ from xml.etree.ElementTree import ParseError
 import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
-from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from requests.auth import HTTPBasicAuth
 from urllib3.exceptions import ReadTimeoutError
 
 from inference.errors import InvalidRequest, ServiceError
+
+from . import dicom_json
 
 # The library logs every study and instance UID it touches at INFO, which the app's
 # INFO logging would keep; the UIDs identify a patient's studies.
@@ -40,7 +41,6 @@ INSTANCE_FIELDS = ("SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modali
 INSTANCE_PAGE, MAX_PAGES = 1000, 100  # a study of more than 100000 instances is cut short
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _MODALITY = re.compile(r"[A-Z0-9]{1,16}")
-_TAG = re.compile(r"[0-9A-Fa-f]{8}")  # DICOM JSON keys
 # What a malformed response raises while the library or pydicom parses it.
 _GARBAGE = (ValueError, KeyError, IndexError, TypeError, EOFError, OverflowError,
             struct.error, InvalidDicomError, ParseError)
@@ -153,7 +153,7 @@ class PacsClient:
         with self._errors():
             found = self._dicomweb.search_for_studies(
                 limit=limit, offset=offset, fields=STUDY_FIELDS, search_filters=filters)
-            studies = [_study(item) for item in _items(found)]
+            studies = [dicom_json.study_fields(item) for item in dicom_json.items(found)]
         return sorted(studies, key=lambda s: (s["date"] or "", s["time"] or ""), reverse=True)
 
     def instances(self, study_uid: str) -> list[dict]:
@@ -166,7 +166,7 @@ class PacsClient:
                 page = self._dicomweb.search_for_instances(
                     study_instance_uid=study_uid, fields=INSTANCE_FIELDS,
                     limit=INSTANCE_PAGE, offset=len(found))
-                fresh = [i for i in map(_instance, _items(page))
+                fresh = [i for i in map(dicom_json.instance_fields, dicom_json.items(page))
                          if i["sop_instance_uid"] not in found]
                 if not fresh:
                     break
@@ -205,7 +205,7 @@ class PacsClient:
         """Raise unless the server answers a DICOMweb search; cheap enough for /readyz."""
         with self._errors():
             found = self._dicomweb.search_for_studies(limit=1, fields=("StudyInstanceUID",))
-            [_study(item) for item in _items(found)]
+            [dicom_json.study_fields(item) for item in dicom_json.items(found)]
 
     @contextmanager
     def _errors(self):
@@ -272,73 +272,3 @@ def _part10(dataset) -> bytes:
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
     return buffer.getvalue()
-
-
-def _items(found) -> list[dict]:
-    """The QIDO answer, if it is a list of DICOM JSON datasets (ValueError: garbage)."""
-    if not isinstance(found, list) or not all(
-            isinstance(item, dict) and all(map(_TAG.fullmatch, item)) for item in found):
-        raise ValueError("not DICOM JSON")
-    return found
-
-
-def _values(item: dict, keyword: str) -> list:
-    element = item.get(f"{tag_for_keyword(keyword):08X}")
-    if element is None:
-        return []
-    values = element.get("Value", []) if isinstance(element, dict) else None
-    if not isinstance(values, list):
-        raise ValueError("not a DICOM JSON element")
-    return values
-
-
-def _text(item: dict, keyword: str, required: bool = False) -> str | None:
-    values = _values(item, keyword)
-    value = values[0] if values else None
-    if isinstance(value, dict):  # a person name: {"Alphabetic": "..."}
-        value = value.get("Alphabetic")
-    if required and value in (None, ""):
-        raise ValueError(f"no {keyword}")
-    return None if value in (None, "") else str(value)
-
-
-def _number(item: dict, keyword: str) -> int | None:
-    try:
-        return int(_text(item, keyword))
-    except (TypeError, ValueError):
-        return None
-
-
-def _date(value: str | None) -> str | None:
-    """DICOM DA (YYYYMMDD) as YYYY-MM-DD."""
-    match = re.fullmatch(r"(\d{4})(\d\d)(\d\d)", value or "")
-    return "-".join(match.groups()) if match else None
-
-
-def _time(value: str | None) -> str | None:
-    """DICOM TM (HH[MM[SS[.F]]]) as HH[:MM[:SS]]."""
-    match = re.fullmatch(r"(\d\d)(\d\d)?(\d\d)?(?:\.\d+)?", value or "")
-    return ":".join(part for part in match.groups() if part) if match else None
-
-
-def _study(item: dict) -> dict:
-    return {"study_uid": _text(item, "StudyInstanceUID", True),
-            "date": _date(_text(item, "StudyDate")),
-            "time": _time(_text(item, "StudyTime")),
-            "description": _text(item, "StudyDescription"),
-            "modalities": [str(v) for v in _values(item, "ModalitiesInStudy")],
-            "series": _number(item, "NumberOfStudyRelatedSeries"),
-            "images": _number(item, "NumberOfStudyRelatedInstances"),
-            "accession": _text(item, "AccessionNumber"),
-            "patient_name": _text(item, "PatientName"),
-            "patient_id": _text(item, "PatientID")}
-
-
-def _instance(item: dict) -> dict:
-    return {"series_uid": _text(item, "SeriesInstanceUID", True),
-            "sop_instance_uid": _text(item, "SOPInstanceUID", True),
-            "sop_class_uid": _text(item, "SOPClassUID"),
-            "modality": _text(item, "Modality"),
-            "instance_number": _number(item, "InstanceNumber"),
-            "series_description": _text(item, "SeriesDescription"),
-            "manufacturer": _text(item, "Manufacturer")}
