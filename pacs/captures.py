@@ -41,7 +41,7 @@ def heatmap_captures(view: dict, evidence: list[pydicom.Dataset | None],
         raise ValueError("no source instance header: the captures need the study they belong to")
     positions = {image["index"]: position for position, image in enumerate(view["images"])}
     captures = []
-    for number, (index, arch, png) in enumerate(heatmaps, start=1):
+    for index, arch, png in heatmaps:
         if index not in positions:
             raise ValueError(f"heatmap for image {index}, which the study does not have")
         position = positions[index]
@@ -50,9 +50,18 @@ def heatmap_captures(view: dict, evidence: list[pydicom.Dataset | None],
         pixels = burn_in(png, [RESEARCH_WARNING, caption(position, image, arch)])
         captures.append(_capture(pixels, header or any_header, header is not None,
                                  software_version, series_uid, series_number,
-                                 uid_for(index, arch), number, arch))
+                                 uid_for(index, arch), instance_number(view, position, arch),
+                                 arch))
     log.info("heatmap captures for study %s: %d images", view.get("id"), len(captures))
     return captures
+
+
+def instance_number(view: dict, position: int, arch: str) -> int:
+    """Reading order, then the study's model order: the same number for the same capture
+    however the captures are batched."""
+    archs = [m["architecture"] for m in view.get("models") or []]
+    archs += [arch] if arch not in archs else []
+    return position * len(archs) + archs.index(arch) + 1
 
 
 def caption(position: int, image: dict, arch: str) -> str:

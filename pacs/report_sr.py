@@ -7,6 +7,7 @@ so the answer travels with the study instead of living only in this tool's datab
 from __future__ import annotations
 
 import logging
+import re
 
 import highdicom as hd
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
@@ -18,6 +19,20 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from inference.predict import COVID
 
 log = logging.getLogger(__name__)
+
+
+class _NoSourceUIDs(logging.Filter):
+    """highdicom names the source instance's UID when it copies patient and study data;
+    UIDs identify a patient's images as much as a name does, so logs get a placeholder."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "from dataset" in record.msg:
+            record.msg = re.sub(r'dataset "[^"]*"', "dataset <source instance>", record.msg)
+        return True
+
+
+if not any(isinstance(f, _NoSourceUIDs) for f in logging.getLogger("highdicom.base").filters):
+    logging.getLogger("highdicom.base").addFilter(_NoSourceUIDs())
 
 SOFTWARE_NAME = "LungScan AI"
 RESEARCH_WARNING = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
@@ -61,12 +76,6 @@ def source_header(ds: pydicom.Dataset | None) -> pydicom.Dataset | None:
         if keyword not in header:
             setattr(header, keyword, None)
     return header
-
-
-def model_version(arch: str, model_versions: dict[str, str]) -> str:
-    """The version as given ("vgg16 sha256:1a2b..."), named after its model if it is not."""
-    version = model_versions.get(arch) or "unknown"
-    return version if version.startswith(arch) else f"{arch} {version}"
 
 
 def image_title(position: int, image: dict) -> str:
@@ -141,7 +150,7 @@ def _image_groups(view: dict, headers: list, model_versions: dict[str, str],
         for result in image.get("results") or []:
             arch = result["architecture"]
             algorithm = hd.sr.AlgorithmIdentification(
-                name=arch, version=model_version(arch, model_versions),
+                name=arch, version=model_versions.get(arch) or "unknown",
                 manufacturer=SOFTWARE_NAME)
             measurements = [hd.sr.Measurement(PROBABILITY, result["covid_probability"], RATIO),
                             hd.sr.Measurement(THRESHOLD, result["threshold"], RATIO)]
@@ -199,9 +208,9 @@ def _evaluations(view: dict, model_versions: dict[str, str]) -> hd.sr.ContainerC
                             f"{verdict['total_images']} images positive, mean COVID "
                             f"probability {verdict['covid_probability']:.3f}"),
              (RULE_TEXT, verdict["rule"]),
-             (MODELS_TEXT, "; ".join(f"{model_version(m['architecture'], model_versions)} "
-                                     f"(threshold {m['threshold']:g})"
-                                     for m in view.get("models") or []) or "none")]
+             (MODELS_TEXT, "; ".join(
+                 f"{m['architecture']}: {model_versions.get(m['architecture']) or 'unknown'}"
+                 f" (threshold {m['threshold']:g})" for m in view.get("models") or []) or "none")]
     for position, image in enumerate(view["images"]):
         if image.get("status") != "done" or not image.get("results"):
             code = (image.get("error") or {}).get("code") or image.get("status") or "unknown"
