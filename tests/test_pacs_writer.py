@@ -139,7 +139,8 @@ def dciodvfy(ds: pydicom.Dataset, tmp_path, name: str) -> list[str]:
     """dciodvfy's findings; fails on any error, prints the warnings."""
     path = tmp_path / name
     ds.save_as(path, enforce_file_format=True)
-    run = subprocess.run([shutil.which("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run([shutil.which("dciodvfy"), str(path)], capture_output=True,
+                         text=True, timeout=60)
     lines = (run.stdout + run.stderr).splitlines()
     print(f"dciodvfy {name}:", *lines, sep="\n  ")
     assert not [line for line in lines if line.startswith("Error")], lines
