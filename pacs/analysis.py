@@ -88,17 +88,18 @@ def model_versions(inference, view: dict) -> dict[str, str]:
 
 
 def evidence_for(client: PacsClient, study_uid: str, view: dict) -> list:
-    """The analysed instances' headers, in the view's order (fetched again: patient
-    data never waits in this tool's database)."""
-    by_uid = {i["sop_instance_uid"]: i for i in client.instances(study_uid)}
-    headers = []
+    """The analysed instances' headers, in the view's order (asked of the PACS again:
+    patient data never waits in this tool's database)."""
+    headers = client.headers(study_uid)
+    missing = [image["name"] for image in view["images"] if image["name"] not in headers]
+    if missing:
+        raise EmptyStudy(f"{len(missing)} analysed instances are no longer in the PACS study.")
+    evidence = []
     for image in view["images"]:
-        instance = by_uid.get(image["name"])
-        if instance is None:
-            raise EmptyStudy("An analysed instance is no longer in the PACS study.")
-        data = client.retrieve(study_uid, instance["series_uid"], image["name"])
-        headers.append(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))
-    return headers
+        header = headers[image["name"]]
+        header.pop("PixelData", None)
+        evidence.append(header)
+    return evidence
 
 
 def write_back(client: PacsClient, inference, view: dict, software_version: str) -> list[dict]:

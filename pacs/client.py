@@ -186,6 +186,16 @@ class PacsClient:
                 raise self._garbage()
             return _part10(dataset)
 
+    def headers(self, study_uid: str) -> dict[str, pydicom.Dataset]:
+        """Every instance's attributes without pixel data (WADO-RS metadata, one request),
+        by SOPInstanceUID: what a report needs to reference and describe them."""
+        _check_uid(study_uid)
+        with self._errors():
+            found = dicom_json.items(self._dicomweb.retrieve_study_metadata(study_uid))
+            datasets = [pydicom.Dataset.from_json(item, bulk_data_uri_handler=lambda *a: b"")
+                        for item in found]
+        return {str(ds.SOPInstanceUID): ds for ds in datasets if "SOPInstanceUID" in ds}
+
     def store(self, datasets: list) -> None:
         """STOW-RS the datasets; any instance the PACS refuses raises :class:`PacsError`."""
         if not datasets:
