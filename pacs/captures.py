@@ -52,7 +52,8 @@ def heatmap_captures(view: dict, evidence: list[pydicom.Dataset | None],
                                  software_version, series_uid, series_number,
                                  uid_for(index, arch), instance_number(view, position, arch),
                                  arch))
-    log.info("heatmap captures for study %s: %d images", view.get("id"), len(captures))
+    log.info("heatmap captures for study %s...: %d images", str(view.get("id"))[:6],
+             len(captures))
     return captures
 
 

@@ -112,8 +112,9 @@ def structured_report(view: dict, evidence: list[pydicom.Dataset | None],
         software_versions=software_version, series_description=SR_DESCRIPTION,
         coding_schemes=CODING_SCHEMES, is_complete=True,
         transfer_syntax_uid=ExplicitVRLittleEndian)
-    log.info("structured report for study %s: %d measurement groups, %d source instances",
-             view.get("id"), len(groups), len(present))
+    # Only a prefix of the study id: the id is the key to the results.
+    log.info("structured report for study %s...: %d measurement groups, %d source instances",
+             str(view.get("id"))[:6], len(groups), len(present))
     return sr
 
 

@@ -169,3 +169,28 @@ def test_the_page_lists_studies_with_names_and_analyses_one(pacs_app, orthanc):
         for row in db.session.query(Study).all():
             assert PATIENT_NAME not in repr(vars(row)) and PATIENT_ID not in repr(vars(row))
     assert f"/studies/{study_id}" in client.get("/pacs").get_data(as_text=True)
+
+
+def test_the_command_line_lists_and_analyses(pacs_app, orthanc, caplog):
+    import json
+    import logging
+
+    caplog.set_level(logging.INFO)  # the app's level (third parties log URLs at DEBUG)
+    study_uid = upload_study(orthanc, ct_series(4, prefix="C"), "Chest CT from the CLI")
+    runner = pacs_app.test_cli_runner()
+    listed = runner.invoke(args=["pacs", "list", "--modality", "CT", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert study_uid in [s["study_uid"] for s in json.loads(listed.output)["studies"]]
+    analysed = runner.invoke(args=["pacs", "analyse", study_uid, "--modality", "ct",
+                                   "--model", "vgg16"])
+    assert analysed.exit_code == 0, analysed.output
+    answer = json.loads(analysed.output.split("\n", 1)[1])
+    assert answer["verdict"]["total_images"] == 4
+    assert len(answer["written"]) == 1 and answer["written"][0]["sop_instance_uid"]
+    unknown = runner.invoke(args=["pacs", "analyse", "1.2.3.4.5", "--model", "vgg16"])
+    assert unknown.exit_code != 0 and "no study with this UID" in unknown.output
+    for secret in (PATIENT_NAME, PATIENT_ID, "Testpatient"):
+        assert secret not in caplog.text  # no patient data reaches the logs
+    with pacs_app.app_context():
+        ids = {row.id for row in db.session.query(Study).all()}
+    assert ids and not any(study_id in caplog.text for study_id in ids)  # nor a study's key
