@@ -92,9 +92,13 @@ def submit(inference: InferenceService, config: StudyConfig, modality: str | Non
                               intake.notes + warnings)
 
 
-def view(config: StudyConfig, study_id: str) -> dict:
+def view(config: StudyConfig, study_id: str, with_images: bool = True) -> dict:
+    """The study; without its images (``with_images=False``) for a cheap progress poll."""
     study = store.get_study(study_id, config.retention_hours)
-    return study_view(study, store.images_of(study.id))
+    data = study_view(study, store.images_of(study.id) if with_images else [])
+    if not with_images:
+        del data["images"]
+    return data
 
 
 def csv_text(config: StudyConfig, study_id: str) -> str:

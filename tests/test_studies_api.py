@@ -204,3 +204,13 @@ def test_the_openapi_document_describes_every_study_route(client, study_app):
     assert documented <= set(paths)
     study = document["components"]["schemas"]["Study"]["properties"]
     assert set(study["status"]["enum"]) == {"queued", "running", "done", "failed"}
+
+
+def test_a_progress_poll_can_leave_the_images_out(client):
+    url = submit(client, modality="ct", model="vgg16", images=image_fields(
+        [(f"p{i}.png", scan_like_png(seed=i)) for i in range(3)])).get_json()["url"]
+    wait_for_study(client, url)
+    light = client.get(url + "?images=0").get_json()
+    assert "images" not in light and light["progress"] == {"done": 3, "total": 3}
+    assert light["verdict"]["total_images"] == 3
+    assert len(client.get(url).get_json()["images"]) == 3

@@ -56,6 +56,10 @@ def study_paths() -> dict:
                 "503": _error("The model is not installed or cannot be loaded")}}},
         one: {"parameters": [ID_PARAMETER],
               "get": {"summary": "Progress, then each image's answer and the verdict",
+                      "parameters": [{"name": "images", "in": "query", "required": False,
+                                      "schema": {"type": "string", "enum": ["0", "1"]},
+                                      "description": "0 leaves the images out: a cheap "
+                                                     "progress poll"}],
                       "responses": {"200": {"description": "The study", "content": {
                           "application/json": {"schema": _ref("Study")}}},
                           "404": _error("Unknown, expired or deleted id")}},

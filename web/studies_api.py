@@ -58,7 +58,8 @@ def submit():
 
 @bp.get("/<study_id>")
 def status(study_id: str):
-    response = jsonify(studies.view(study_config(), study_id))
+    with_images = request.args.get("images", "1") != "0"  # images=0: progress only
+    response = jsonify(studies.view(study_config(), study_id, with_images))
     response.headers["Cache-Control"] = "no-store"
     return response
 
