@@ -179,7 +179,7 @@ def test_running_study_page_shows_progress_and_refreshes_without_script(
     html = client.get(f"/studies/{study_id}").get_data(as_text=True)
     assert re.search(r'<progress id="progress-bar" max="2" value="0">', html)
     assert re.search(r'id="progress-done">0</span> / <span id="progress-total">2<', html)
-    assert f'data-status-url="/api/v1/studies/{study_id}"' in html
+    assert f'data-status-url="/api/v1/studies/{study_id}?images=0"' in html
     assert '<noscript><meta http-equiv="refresh" content="5"></noscript>' in html
     assert "Queued" in html and 'id="verdict"' not in html
     assert client.get(f"/studies/{study_id}/report").status_code == 404  # not finished
