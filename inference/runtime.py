@@ -19,12 +19,29 @@ _tf_lock = threading.Lock()
 _tf_configured = False
 
 
-def available_cores() -> int:
-    """The cores this process may use (its CPU affinity, not the machine's count)."""
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota> <period>" or "max ..."
+
+
+def cgroup_cpu_limit(path: str | None = None) -> int | None:
+    """The container's CPU quota in whole cores (rounded up), or None without one: a
+    container limited to 2 CPUs on a 64-core host must size its pools for 2."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        with open(path or CGROUP_CPU_MAX, encoding="ascii") as limits:
+            quota, period = limits.read().split()[:2]
+        return max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):  # no cgroup v2 file, or "max" (no limit)
+        return None
+
+
+def available_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a container's CPU
+    quota, not the machine's count."""
+    try:
+        cores = len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return min(cores, limit) if limit else cores
 
 
 def intra_op_threads(configured: int = 0) -> int:
