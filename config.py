@@ -74,6 +74,11 @@ class Config:
     PACS_POLL_S = 30  # how often workers look for new PACS studies
     PACS_STABLE_S = 60  # a study is analysed once its image count held this long
 
+    # Behind a load balancer or reverse proxy: how many proxies in front set
+    # X-Forwarded-For / -Proto (Werkzeug's ProxyFix), so rate limits and logs see the
+    # client, not the proxy. 0 (the default) trusts no such header.
+    PROXY_FIX_X_FOR = 0
+
     # Rate limits (Flask-Limiter).
     RATELIMIT_ENABLED = True
     RATELIMIT_STORAGE_URI = "memory://"

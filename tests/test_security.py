@@ -348,3 +348,25 @@ def test_unexpected_errors_show_no_trace(make_app, monkeypatch):
         text = response.get_data(as_text=True)
         assert "secret detail" not in text and "Traceback" not in text
         assert "ZeroDivisionError" not in text
+
+
+@pytest.mark.parametrize("proxies, second_client_status", [(1, 400), (0, 429)])
+def test_rate_limits_count_the_client_behind_a_trusted_proxy(tmp_path, tiny_model_dir,
+                                                             instance_path, proxies,
+                                                             second_client_status):
+    from app import create_app
+
+    from .conftest import testing_config
+
+    app = create_app(testing_config(tmp_path, MODEL_DIR=str(tiny_model_dir),
+                                    RATELIMIT_ENABLED=True, STUDY_RATE_LIMIT="1 per minute",
+                                    PROXY_FIX_X_FOR=proxies))
+    client = app.test_client()
+
+    def post(address: str) -> int:
+        return client.post("/api/v1/studies", data={"modality": "ct"},
+                           headers={"X-Forwarded-For": address}).status_code
+
+    assert post("198.51.100.7") == 400  # counted, then refused for its missing files
+    assert post("198.51.100.7") == 429
+    assert post("203.0.113.9") == second_client_status
