@@ -316,6 +316,18 @@ def test_published_secret_keys_are_refused_outside_tests(make_app, published):
         make_app(SECRET_KEY=published, TESTING=False)
 
 
+@pytest.mark.parametrize("placeholder", ["<a long random string>", "\u2039secret key\u203a",
+                                         "please-CHANGE-ME-now"])
+def test_template_placeholders_are_refused_as_secret_keys(make_app, placeholder):
+    with pytest.raises(RuntimeError, match="placeholder"):
+        make_app(SECRET_KEY=placeholder, TESTING=False)
+
+
+def test_an_ordinary_configured_key_is_kept(make_app):
+    app = make_app(SECRET_KEY="x7Qm2-a-long-random-key", TESTING=False)
+    assert app.config["SECRET_KEY"] == "x7Qm2-a-long-random-key"
+
+
 def test_no_secret_key_is_committed():
     config_keys = [os.environ.get("FLASK_SECRET_KEY")]
     import config

@@ -16,13 +16,21 @@ from flask import Flask
 PUBLISHED_SECRET_KEYS = {"test-only-secret", "dev", "secret", "changeme", "change-me"}
 
 
+def is_placeholder(key) -> bool:
+    """A published key, or a template's placeholder left as it is (``<...>``)."""
+    text = str(key).strip()
+    return text in PUBLISHED_SECRET_KEYS or text[:1] in ("<", "\u2039") \
+        or "change-me" in text.lower() or "changeme" in text.lower()
+
+
 def ensure_secret_key(app: Flask) -> None:
     """Never run with a fixed key: make a random one once and keep it in the instance."""
     configured = app.config.get("SECRET_KEY")
     if configured:
-        if configured in PUBLISHED_SECRET_KEYS and not app.testing:
-            raise RuntimeError("SECRET_KEY is a published example value: unset it to get a "
-                               "random key kept in the instance folder, or set your own.")
+        if is_placeholder(configured) and not app.testing:
+            raise RuntimeError("SECRET_KEY is a published example value or a placeholder: "
+                               "unset it to get a random key kept in the instance folder, "
+                               "or set your own.")
         return
     path = os.path.join(app.instance_path, "secret_key")
     key = read_key(path) or create_key(path)
