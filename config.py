@@ -23,6 +23,9 @@ class Config:
     # process, one at a time across workers); else only `flask models compile` does.
     PREPARE_MODELS = True
     ONNX_CACHE_DIR = None  # None: beside each model file
+    # Where ONNX Runtime runs: cpu, or cuda on a machine with an NVIDIA GPU and
+    # onnxruntime-gpu installed in place of onnxruntime (falls back to the CPU, logged).
+    INFERENCE_DEVICE = "cpu"
     INFERENCE_JIT_COMPILE = False  # XLA for the Keras graph
     INFERENCE_CONCURRENCY = 1  # forward passes at once per process (each uses all threads)
     WARM_MODELS = ""  # "all", or e.g. "ct:vgg16,xray:all": loaded when a worker starts

@@ -34,7 +34,12 @@ class Inference:
     def init_app(self, app) -> None:
         from inference.service import InferenceService
 
+        from inference.runners import DEVICES
+
         config = app.config
+        device = str(config.get("INFERENCE_DEVICE") or "cpu").strip().lower()
+        if device not in DEVICES:
+            raise ValueError(f"INFERENCE_DEVICE must be one of {', '.join(DEVICES)}")
         service = InferenceService(
             model_dir=config["MODEL_DIR"],
             max_loaded=int(config["MAX_LOADED_MODELS"]),
@@ -44,6 +49,7 @@ class Inference:
             onnx_cache_dir=config["ONNX_CACHE_DIR"],
             jit_compile=bool(config["INFERENCE_JIT_COMPILE"]),
             concurrency=int(config["INFERENCE_CONCURRENCY"]),
+            device=device,
         )
         app.extensions["inference"] = service
         if config.get("PREPARE_MODELS"):

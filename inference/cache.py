@@ -116,12 +116,13 @@ class ModelCache:
 
     def __init__(self, max_loaded: int = 4, threads: int = 0, backend: str = "auto",
                  onnx_cache_dir: str | None = None, jit_compile: bool = False,
-                 concurrency: int = 1):
+                 concurrency: int = 1, device: str = "cpu"):
         self.max_loaded = max(1, int(max_loaded))
         self.threads = threads
         self.backend = normalize_backend(backend)
         self.onnx_cache_dir = onnx_cache_dir or None
         self.jit_compile = jit_compile
+        self.device = device  # where ONNX Runtime runs: cpu or cuda
         self.gate = threading.BoundedSemaphore(max(1, int(concurrency)))
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._locks: dict[tuple, threading.Lock] = {}
@@ -196,7 +197,7 @@ class ModelCache:
         if path is None:
             return None, None
         try:
-            runner = OnnxBackend(path, self.threads)
+            runner = OnnxBackend(path, self.threads, self.device)
         except Exception as exc:  # noqa: BLE001 - a broken cache file: fall back to Keras
             log.warning("cannot open %s (%s): serving with Keras", path.name, short_error(exc))
             return None, None

@@ -137,12 +137,30 @@ class KerasGraphBackend:
         return np.asarray(result), None
 
 
+DEVICES = ("cpu", "cuda")
+
+
+def execution_providers(device: str, available: list[str]) -> list[str]:
+    """ONNX Runtime providers for ``INFERENCE_DEVICE``: ``cuda`` runs on the GPU through
+    the CUDA execution provider (``onnxruntime-gpu`` installed in place of
+    ``onnxruntime``), with the CPU for what it cannot run; without it, the CPU, said in
+    the log. ``cpu`` (the default) is the path every test and CI run."""
+    if device not in DEVICES:
+        raise ValueError(f"INFERENCE_DEVICE must be one of {', '.join(DEVICES)}, not {device!r}")
+    if device == "cuda":
+        if "CUDAExecutionProvider" in available:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        log.warning("INFERENCE_DEVICE=cuda, but this ONNX Runtime has no CUDA execution "
+                    "provider (install onnxruntime-gpu): running on the CPU")
+    return ["CPUExecutionProvider"]
+
+
 class OnnxBackend:
     """An ONNX Runtime session with its thread pool sized for this process."""
 
     name = "onnx"
 
-    def __init__(self, path: Path, threads: int = 0):
+    def __init__(self, path: Path, threads: int = 0, device: str = "cpu"):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -155,8 +173,9 @@ class OnnxBackend:
         # busy neighbour took the cores from each other, up to 4x slower.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
+        self.providers = execution_providers(device, ort.get_available_providers())
         self.session = ort.InferenceSession(str(path), sess_options=options,
-                                            providers=["CPUExecutionProvider"])
+                                            providers=self.providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_count = len(self.session.get_outputs())
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)

@@ -25,14 +25,14 @@ class InferenceService:
     def __init__(self, model_dir: str, max_loaded: int = 4, threads: int = 0,
                  max_pixels: int = 50_000_000, backend: str = "auto",
                  onnx_cache_dir: str | None = None, jit_compile: bool = False,
-                 concurrency: int = 1):
+                 concurrency: int = 1, device: str = "cpu"):
         self.model_dir = model_dir
         self.max_pixels = max_pixels
         self.threads = threads
         self.onnx_cache_dir = onnx_cache_dir or None
         self.cache = ModelCache(max_loaded=max_loaded, threads=threads, backend=backend,
                                 onnx_cache_dir=onnx_cache_dir, jit_compile=jit_compile,
-                                concurrency=concurrency)
+                                concurrency=concurrency, device=device)
         self.preparer = Preparer(model_dir, self.onnx_cache_dir, threads)
 
     def start_preparation(self) -> None:
