@@ -9,10 +9,10 @@ import logging
 import os
 
 from flask import Flask
-from sqlalchemy.exc import OperationalError
 
 from config import Config, TestingConfig  # noqa: F401 - TestingConfig re-exported
 from extensions import csrf, db, inference, job_queue, limiter
+from web.schema import init_schema
 from web.secret_key import ensure_secret_key
 from web.uploads import InMemoryUploadRequest, allow_study_sized_bodies
 
@@ -53,14 +53,9 @@ def register_extensions(app: Flask) -> None:
     import pacs.models  # noqa: F401 - registers the table
     import studies.models  # noqa: F401 - registers the tables
 
-    with app.app_context():
-        try:
-            db.create_all()
-        except OperationalError:
-            # Workers starting together on a new database race to create the tables;
-            # the loser finds them made. Any other failure repeats and is raised here.
-            db.create_all()
-        contact.models.add_missing_columns(db.engine)  # until schema migrations exist
+    # The schema comes from migrations/ (Alembic): upgraded here unless AUTO_MIGRATE is
+    # off, else by `flask db upgrade` before the app starts.
+    init_schema(app, db)
 
 
 def register_services(app: Flask) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, Integer, String, Text, event, inspect
+from sqlalchemy import DateTime, Integer, String, Text, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from extensions import db
@@ -69,28 +68,3 @@ def _sqlite_pragmas(dbapi_connection, _record):
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
-
-
-def add_missing_columns(engine: Engine) -> list[str]:
-    """Add columns that databases made by an older ``create_all()`` lack; idempotent.
-
-    Stands in for schema migrations until they exist. Workers starting together may
-    race to add a column: the loser's error is ignored once the column is there.
-    """
-    table = ContactMessage.__table__
-    present = {column["name"] for column in inspect(engine).get_columns(table.name)}
-    added = []
-    for column in table.columns:
-        if column.name in present:
-            continue
-        kind = column.type.compile(dialect=engine.dialect)
-        try:
-            with engine.begin() as connection:
-                connection.exec_driver_sql(
-                    f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
-        except (OperationalError, ProgrammingError):
-            columns = inspect(engine).get_columns(table.name)
-            if column.name not in {c["name"] for c in columns}:
-                raise
-        added.append(column.name)
-    return added
