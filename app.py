@@ -34,6 +34,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config["SQLALCHEMY_DATABASE_URI"] = (
             "sqlite:///" + os.path.join(app.instance_path, "contact.sqlite3"))
 
+    trust_proxies(app)
     register_extensions(app)
     register_services(app)
     register_blueprints(app)
@@ -42,6 +43,16 @@ def create_app(test_config: dict | None = None) -> Flask:
     register_security(app)
     logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
     return app
+
+
+def trust_proxies(app: Flask) -> None:
+    """Take the client's address from the proxies' headers, when told how many there
+    are: behind HAProxy every request would otherwise come from the balancer."""
+    proxies = int(app.config.get("PROXY_FIX_X_FOR") or 0)
+    if proxies > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)
 
 
 def register_extensions(app: Flask) -> None:
