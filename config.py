@@ -33,6 +33,9 @@ class Config:
     MAX_IMAGE_PIXELS = 50_000_000
     SQLALCHEMY_DATABASE_URI = None  # None: sqlite:///<instance>/contact.sqlite3
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    # Bring the database to the newest migration at start (under a lock): the embedded
+    # default needs no extra step. Clusters set false and run `flask db upgrade` once.
+    AUTO_MIGRATE = True
 
     # Contact forwarding by SMTP: off unless MAIL_SERVER is set.
     MAIL_SERVER = None
