@@ -88,6 +88,10 @@ class Config:
     # Rate limits (Flask-Limiter).
     RATELIMIT_ENABLED = True
     RATELIMIT_STORAGE_URI = "memory://"
+    # Shared counters (Redis) unreachable: count in this process's memory meanwhile
+    # rather than refuse every request; the shared store is used again once it answers.
+    RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
+    RATELIMIT_SWALLOW_ERRORS = True
     RATELIMIT_HEADERS_ENABLED = True
     PREDICT_RATE_LIMIT = "60 per minute"
     CONTACT_RATE_LIMIT = "10 per minute"

@@ -6,6 +6,8 @@ import inspect
 import io
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 import inference.errors
 from inference.errors import ServiceError, UnusableImage
@@ -46,3 +48,30 @@ def test_the_web_edge_alone_chooses_the_status(client, monkeypatch, scan_png, pa
     else:
         assert response.get_json()["error"] == {"code": "unprocessable_image",
                                                 "message": "The image has no usable pixels."}
+
+
+OUTAGES = {
+    "database": (lambda: OperationalError("SELECT 1", {}, ConnectionError("server closed")),
+                 "database_unavailable"),
+    "redis": (lambda: RedisConnectionError("Connection refused"), "service_unavailable"),
+}
+
+
+@pytest.mark.parametrize("error, code", OUTAGES.values(), ids=list(OUTAGES))
+def test_a_database_or_redis_outage_is_a_503_not_a_500(app, error, code):
+    @app.route("/api/v1/outage")
+    def outage():
+        raise error()
+
+    answer = app.test_client().get("/api/v1/outage")
+    assert answer.status_code == 503
+    assert answer.get_json()["error"]["code"] == code
+    assert "Traceback" not in answer.get_data(as_text=True)
+
+
+def test_a_bad_query_is_still_an_internal_error(app):
+    @app.route("/api/v1/bad-query")
+    def bad_query():
+        raise ProgrammingError("SELECT nonsense", {}, Exception("syntax error"))
+
+    assert app.test_client().get("/api/v1/bad-query").status_code == 500

@@ -7,14 +7,19 @@ import traceback
 
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from extensions import db
 from inference.errors import (InvalidRequest, ModelUnavailable, ServiceError, UnsupportedImage,
                               UnusableImage)
 from pacs.client import PacsError, PacsNotConfigured, PacsTimeout
 from studies.errors import StudyNotFound, StudyTooLarge, UnsafeArchive
 
 log = logging.getLogger(__name__)
+
+OPERATIONAL = (OperationalError, InterfaceError)  # the database went away, not a bad query
 
 # Domain errors as HTTP answers them: (status, code). The inference layer knows nothing
 # of HTTP; a subclass without its own row answers as its nearest listed ancestor.
@@ -97,6 +102,25 @@ def register(app: Flask) -> None:
         status = exc.code or 500
         return error_response(status, _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")),
                               _http_message(exc))
+
+    @app.errorhandler(DBAPIError)
+    def database_unavailable(exc: DBAPIError):
+        if not exc.connection_invalidated and not isinstance(exc, OPERATIONAL):
+            return unexpected_error(exc)
+        db.session.rollback()
+        log.warning("database unavailable on %s %s: %s", request.method, request.path,
+                    type(exc.orig).__name__)
+        return error_response(503, "database_unavailable",
+                              "The database is not answering just now: nothing was saved. "
+                              "Try again in a moment.")
+
+    @app.errorhandler(RedisError)
+    def broker_unavailable(exc: RedisError):
+        log.warning("Redis unavailable on %s %s: %s", request.method, request.path,
+                    type(exc).__name__)
+        return error_response(503, "service_unavailable",
+                              "A service this site needs is not answering just now. Try "
+                              "again in a moment.")
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):
