@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -401,6 +402,7 @@ def main(argv=None) -> None:
         results = [measure_arch(args, server, archives, arch) for arch in args.arch]
     finally:
         server.stop()
+    shutil.rmtree(root, ignore_errors=True)  # kept after a failure: logs and database
     report(args, results, prepared, time.monotonic() - began)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -164,4 +165,5 @@ def run_profiles(model_dir: str, arches, sizes, archives: dict) -> list[dict]:
             result = dict(profile_study(app, archives[size], arch, bare), arch=arch)
             print_profile(arch, result)
             results.append(result)
+    shutil.rmtree(app.instance_path, ignore_errors=True)
     return results
