@@ -172,6 +172,10 @@ class OnnxBackend:
         # spinning pools of several loaded models (an "All models" request) or of a
         # busy neighbour took the cores from each other, up to 4x slower.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # No pre-planned block for all of a batch's activations: for VGG16 at batch 8 it
+        # held 176 MiB more at the same speed (2.91 vs 2.93 s per batch,
+        # bench/onnx_memory.py), the bulk of a study worker's peak.
+        options.enable_mem_pattern = False
         self.path = Path(path)
         self.providers = execution_providers(device, ort.get_available_providers())
         self.session = ort.InferenceSession(str(path), sess_options=options,
