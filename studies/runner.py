@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
+from flask import current_app
 
 from inference.errors import (InvalidRequest, ModelUnavailable, ServiceError,
                               UnsupportedImage, UnusableImage)
@@ -48,6 +49,7 @@ class Ready:
     decoded: object = None
     inputs: dict | None = None
     error: ServiceError | None = None
+    warnings: list[str] | None = None
 
 
 def decode_ahead(indexes: list[int], read: Callable[[int], bytes | None],
@@ -74,11 +76,55 @@ def batches(items: Iterator[Ready], size: int) -> Iterator[list[Ready]]:
         yield batch
 
 
+@dataclass(frozen=True)
+class StudyFacts:
+    id: str
+    modality: str
+    model: str
+    explain: bool
+
+
+class BatchWriter:
+    """Stores a batch on its own thread while the next one runs through the models: the
+    forward passes, not the database, set the pace. At most one batch waits; a claim
+    lost shows at the next ``put`` (the lost write itself stored nothing)."""
+
+    def __init__(self, save: Callable[[list], bool]):
+        self.app = current_app._get_current_object()  # the writer needs its own context
+        self.save = save
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="study-store")
+        self.pending: Future | None = None
+
+    def put(self, outcomes: list) -> bool:
+        """Queue this batch once the previous one is stored; False if that one failed."""
+        held = self.wait()
+        if held:
+            self.pending = self.pool.submit(self._save, outcomes)
+        return held
+
+    def wait(self) -> bool:
+        pending, self.pending = self.pending, None
+        return pending.result() if pending is not None else True
+
+    def _save(self, outcomes: list) -> bool:
+        with self.app.app_context():
+            return self.save(outcomes)
+
+    def __enter__(self) -> "BatchWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.pool.shutdown(wait=True)
+
+
 class StudyRun:
     """One worker's pass over one claimed study."""
 
     def __init__(self, service: InferenceService, study, token: str, settings: Settings):
-        self.service, self.study, self.token, self.settings = service, study, token, settings
+        self.service, self.token, self.settings = service, token, settings
+        # Plain values, not the database row: the helper threads read them, and a row's
+        # attributes reload from its session (this thread's) after every commit.
+        self.study = StudyFacts(study.id, study.modality, study.model, bool(study.explain))
         self.models = []  # LoadedModel, in the order chosen
         self.entries = []
 
@@ -106,19 +152,18 @@ class StudyRun:
         try:
             decoded = decode_image(data, max_pixels=self.service.max_pixels)
             inputs = {m.entry.architecture: prepare(decoded.pixels, m.card) for m in self.models}
+            warnings = image_warnings(decoded, self.study.modality, self.entries)
         except ServiceError as exc:
             return Ready(index, error=exc)
         except Exception:  # noqa: BLE001 - a decoder's own failure: that image only
             return Ready(index, error=UnsupportedImage("The file could not be decoded."))
-        return Ready(index, decoded=decoded, inputs=inputs)
+        return Ready(index, decoded=decoded, inputs=inputs, warnings=warnings)
 
     def analyse(self, batch: list[Ready]) -> list[store.ImageOutcome]:
         good = [item for item in batch if item.error is None]
         outcomes = {item.index: failed_outcome(item) for item in batch if item.error}
         for item in good:
-            outcomes[item.index] = store.ImageOutcome(
-                item.index, warnings=image_warnings(item.decoded, self.study.modality,
-                                                    self.entries))
+            outcomes[item.index] = store.ImageOutcome(item.index, warnings=item.warnings)
         for loaded in self.models if good else []:
             architecture = loaded.entry.architecture
             inputs = np.stack([item.inputs[architecture] for item in good])
@@ -145,11 +190,16 @@ class StudyRun:
             return False
         pending = store.pending_indexes(self.study.id)
         stream = decode_ahead(pending, lambda i: store.file_bytes(self.study.id, i), self.decode)
-        for batch in batches(stream, self.settings.batch):
-            if not store.save_outcomes(self.study.id, self.token, self.settings.lease_s,
-                                       self.analyse(batch)):
+        with BatchWriter(self.save) as writer:
+            for batch in batches(stream, self.settings.batch):
+                if not writer.put(self.analyse(batch)):
+                    return False
+            if not writer.wait():
                 return False
         return store.finish(self.study.id, self.token, self.verdict())
+
+    def save(self, outcomes: list[store.ImageOutcome]) -> bool:
+        return store.save_outcomes(self.study.id, self.token, self.settings.lease_s, outcomes)
 
     def verdict(self) -> dict:
         answers = [ImageAnswer(image.series_uid, image.covid_probability, bool(image.positive))

@@ -101,8 +101,12 @@ def pending_indexes(study_id: str) -> list[int]:
 
 
 def file_bytes(study_id: str, index: int) -> bytes | None:
-    return db.session.scalar(select(StudyFile.data).where(StudyFile.study_id == study_id,
+    """One image's bytes, in a transaction of its own: a read left open would keep an old
+    snapshot that a later write from this session could not build on (SQLite's WAL)."""
+    data = db.session.scalar(select(StudyFile.data).where(StudyFile.study_id == study_id,
                                                           StudyFile.index == index))
+    db.session.commit()
+    return data
 
 
 def save_outcomes(study_id: str, token: str, lease_s: float,
