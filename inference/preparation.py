@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from . import onnx_cache
-from .registry import ModelCard, ModelEntry, discover
+from .registry import ModelEntry, discover
 from .runners import KerasGraphBackend, conversion_supported, load_keras_model
 
 log = logging.getLogger(__name__)
