@@ -215,10 +215,8 @@ def test_four_processes_starting_at_once_on_a_new_database(tmp_path):
                                   ).scalars().all() == [HEAD]
 
 
-def test_with_auto_migrate_off_only_flask_db_upgrade_changes_the_schema(new_app,
-                                                                        monkeypatch):
-    monkeypatch.setenv("FLASK_AUTO_MIGRATE", "no")
-    app = new_app()
+def test_with_auto_migrate_off_only_flask_db_upgrade_changes_the_schema(new_app):
+    app = new_app(AUTO_MIGRATE="no")  # as FLASK_AUTO_MIGRATE=no arrives: a string
     runner = app.test_cli_runner()
     with app.app_context():
         assert tables(db.engine) == set()
