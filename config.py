@@ -67,6 +67,7 @@ class Config:
     # process (EMBEDDED_WORKER); redis://host:6379/0 = Redis, worked by `flask worker`.
     BROKER_URL = None
     EMBEDDED_WORKER = True
+    EMBEDDED_POLL_S = 1.0  # an idle worker (embedded or flask worker) looks this often
     WORKER_SWEEP_S = 30  # how often workers look for stalled and expired studies
 
     # PACS over DICOMweb (pacs/): the server comes from here only, never from a request;

@@ -18,8 +18,6 @@ from huey import RedisHuey, SqliteHuey
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_POLL_S = 1.0  # an idle embedded worker looks at the queue this often
-
 
 def make_huey(broker_url: str | None, instance_path: str):
     """The Huey instance for a broker URL: Redis, a SQLite file, or the default file."""

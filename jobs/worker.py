@@ -64,7 +64,7 @@ class EmbeddedWorker(threading.Thread):
         self.huey, self.wake = huey, wake
         self.stopping = threading.Event()
         self.housekeepers = background_loops(app, tasks)
-        self.poll_s = float(app.config.get("EMBEDDED_POLL_S", 1.0))
+        self.poll_s = float(app.config["EMBEDDED_POLL_S"])
 
     def run(self) -> None:
         for loop in self.housekeepers:
@@ -99,7 +99,7 @@ def run_consumer(app, workers: int = 1) -> None:
         app.extensions["inference"].start_preparation()
     consumer = queue.huey.create_consumer(workers=workers, worker_type="thread",
                                           periodic=False, initial_delay=0.1, backoff=1.15,
-                                          max_delay=float(app.config.get("EMBEDDED_POLL_S", 1.0)))
+                                          max_delay=float(app.config["EMBEDDED_POLL_S"]))
     started = time.monotonic()
     try:
         consumer.run()

@@ -3,7 +3,7 @@ modality filter, and an Analyse button that starts a study job and opens its pag
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, HiddenField, RadioField, SelectField
 
@@ -69,10 +69,3 @@ def analyse():
     except ServiceError as exc:
         return render_list(exc.message, status_and_code(exc)[0])
     return redirect(url_for("study_pages.study", study_id=study_id), 303)
-
-
-def configured() -> bool:
-    return bool(current_app.config.get("DICOMWEB_URL"))
-
-
-bp.app_context_processor(lambda: {"pacs_configured": configured()})

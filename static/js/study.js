@@ -90,13 +90,3 @@
       function (input) { input.disabled = false; });
   });
 })();
-
-(function () {
-  "use strict";
-  // The printable report: printing needs script, so the button stays hidden without it.
-  var printButton = document.getElementById("print-report");
-  if (printButton) {
-    printButton.hidden = false;
-    printButton.addEventListener("click", function () { window.print(); });
-  }
-})();
