@@ -32,9 +32,9 @@ class Inference:
             self.init_app(app)
 
     def init_app(self, app) -> None:
-        from inference.service import InferenceService
-
+        from inference.precision import normalize_precision, normalize_tolerance
         from inference.runners import DEVICES
+        from inference.service import InferenceService
 
         config = app.config
         device = str(config.get("INFERENCE_DEVICE") or "cpu").strip().lower()
@@ -50,6 +50,8 @@ class Inference:
             jit_compile=bool(config["INFERENCE_JIT_COMPILE"]),
             concurrency=int(config["INFERENCE_CONCURRENCY"]),
             device=device,
+            precision=normalize_precision(config.get("INFERENCE_PRECISION")),
+            fp16_tolerance=normalize_tolerance(config.get("FP16_TOLERANCE", 0.01)),
         )
         app.extensions["inference"] = service
         if config.get("PREPARE_MODELS"):

@@ -24,6 +24,7 @@ import numpy as np
 from . import onnx_cache
 from .batching import MicroBatcher
 from .errors import ModelUnavailable
+from .precision import DEFAULT_TOLERANCE, normalize_precision, normalize_tolerance, serve_fp16
 from .registry import ModelCard, ModelEntry, check_output_width
 from .runners import (KerasGraphBackend, ModelLoadError, OnnxBackend, Runner,
                       load_keras_model, normalize_backend, onnx_supported, short_error)
@@ -97,6 +98,9 @@ class LoadedModel:
             data["conversion"] = {"keras_ms": self.conversion.keras_ms,
                                   "onnx_ms": self.conversion.onnx_ms,
                                   "max_abs_diff": self.conversion.max_abs_diff}
+        data["precision"] = getattr(self.runner, "precision", "fp32")
+        if getattr(self.runner, "fp16_max_difference", None) is not None:
+            data["fp16_max_difference"] = self.runner.fp16_max_difference
         return data
 
 
@@ -116,13 +120,16 @@ class ModelCache:
 
     def __init__(self, max_loaded: int = 4, threads: int = 0, backend: str = "auto",
                  onnx_cache_dir: str | None = None, jit_compile: bool = False,
-                 concurrency: int = 1, device: str = "cpu"):
+                 concurrency: int = 1, device: str = "cpu", precision: str = "fp32",
+                 fp16_tolerance: float = DEFAULT_TOLERANCE):
         self.max_loaded = max(1, int(max_loaded))
         self.threads = threads
         self.backend = normalize_backend(backend)
         self.onnx_cache_dir = onnx_cache_dir or None
         self.jit_compile = jit_compile
         self.device = device  # where ONNX Runtime runs: cpu or cuda
+        self.precision = normalize_precision(precision)  # of ONNX graphs
+        self.fp16_tolerance = normalize_tolerance(fp16_tolerance)
         self.gate = threading.BoundedSemaphore(max(1, int(concurrency)))
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._locks: dict[tuple, threading.Lock] = {}
@@ -202,7 +209,11 @@ class ModelCache:
             log.warning("cannot open %s (%s): serving with Keras", path.name, short_error(exc))
             return None, None
         report = onnx_cache.report_of(runner)
-        return (runner, report) if self._wants_onnx(report) else (None, None)
+        if not self._wants_onnx(report):
+            return None, None
+        if self.precision == "fp16":
+            runner = serve_fp16(runner, entry, self.fp16_tolerance, self.threads, self.device)
+        return runner, report
 
     def _load(self, entry: ModelEntry) -> LoadedModel:
         before, started = resident_memory_mb(), time.perf_counter()

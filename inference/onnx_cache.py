@@ -132,13 +132,13 @@ def interleaved_best(first: Callable, second: Callable, batch: np.ndarray,
 
 
 def check_inputs(input_size: tuple[int, int], preprocess: Callable | None,
-                 seed: int = 0) -> np.ndarray:
-    """Two realistic inputs: random images through the model's own preprocessing."""
+                 seed: int = 0, count: int = 2) -> np.ndarray:
+    """Realistic inputs: random images through the model's own preprocessing."""
     rng = np.random.default_rng(seed)
     height, width = input_size
     if preprocess is None:
-        return rng.random((2, height, width, 3), dtype=np.float32)
-    images = rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+        return rng.random((count, height, width, 3), dtype=np.float32)
+    images = rng.integers(0, 256, (count, height, width, 3), dtype=np.uint8)
     return np.stack([preprocess(image) for image in images]).astype(np.float32)
 
 

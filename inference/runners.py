@@ -159,6 +159,8 @@ class OnnxBackend:
     """An ONNX Runtime session with its thread pool sized for this process."""
 
     name = "onnx"
+    precision = "fp32"  # "fp16" once inference.precision found its graph fit to serve
+    fp16_max_difference: float | None = None  # measured there, when fp16 was tried
 
     def __init__(self, path: Path, threads: int = 0, device: str = "cpu"):
         import onnxruntime as ort

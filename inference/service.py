@@ -12,6 +12,7 @@ from .cache import LoadedModel, ModelCache
 from .image import DecodedImage
 from .ood import profile_path
 from .onnx_cache import folder_lock
+from .precision import DEFAULT_TOLERANCE
 from .predict import Prediction, predict
 from .preparation import Preparer, convert_entry
 from .preprocess import decode_image
@@ -25,14 +26,16 @@ class InferenceService:
     def __init__(self, model_dir: str, max_loaded: int = 4, threads: int = 0,
                  max_pixels: int = 50_000_000, backend: str = "auto",
                  onnx_cache_dir: str | None = None, jit_compile: bool = False,
-                 concurrency: int = 1, device: str = "cpu"):
+                 concurrency: int = 1, device: str = "cpu", precision: str = "fp32",
+                 fp16_tolerance: float = DEFAULT_TOLERANCE):
         self.model_dir = model_dir
         self.max_pixels = max_pixels
         self.threads = threads
         self.onnx_cache_dir = onnx_cache_dir or None
         self.cache = ModelCache(max_loaded=max_loaded, threads=threads, backend=backend,
                                 onnx_cache_dir=onnx_cache_dir, jit_compile=jit_compile,
-                                concurrency=concurrency, device=device)
+                                concurrency=concurrency, device=device,
+                                precision=precision, fp16_tolerance=fp16_tolerance)
         self.preparer = Preparer(model_dir, self.onnx_cache_dir, threads)
 
     def start_preparation(self) -> None:
@@ -109,8 +112,9 @@ class InferenceService:
             return None
 
     def _runtime(self, entry: ModelEntry) -> dict:
-        """Backend, load time and memory of a loaded model (None while not loaded)."""
+        """Backend, precision, load time and memory of a loaded model (None while not
+        loaded)."""
         loaded = self.cache.loaded_model(entry) if entry.available else None
         if loaded is None:
-            return {"backend": None, "load_ms": None, "memory_mb": None}
+            return {"backend": None, "load_ms": None, "memory_mb": None, "precision": None}
         return loaded.describe()
