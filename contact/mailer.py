@@ -1,16 +1,19 @@
 """Forward stored messages by SMTP when it is configured; failures are retried later.
 
 The database row is written first, so a failed or slow mail server never loses a
-message. ``forward_pending()`` is the one unit of work, run by the background forwarder,
-by ``flask contact forward`` or by any job, inside an app context.
+message. ``forward_one()`` is the unit of work: the queued ``forward_contact`` job runs
+it in whichever worker takes the job; ``flask contact forward`` runs
+``forward_pending()`` in the caller.
 
-Each row is claimed before it is sent: one conditional UPDATE sets a lease
-(``claimed_until``) and a random ``claim_token``, and only the caller whose UPDATE
-changed the row sends it, so threads, processes and replicas sharing the database never
-send a message twice. A sender that dies mid-send leaves a lease that expires, after
-which the row is sent again: at least once on a crash, exactly once otherwise. After a
+A row is reserved for its job when it is queued (``reserve``: a ticket in
+``claim_token`` and a lease in ``claimed_until``), and claimed again before it is sent:
+one conditional UPDATE sets a fresh token, and only the caller whose UPDATE changed the
+row sends it, so workers and replicas sharing the database never send a message twice,
+even when a job is queued twice. A reservation whose job never ran, or a sender that
+died mid-send, leaves a lease that expires; workers' housekeeping (``reserve_due``)
+queues such rows again: at least once on a crash, exactly once otherwise. After a
 failure the lease is kept as the time of the next retry (exponential back-off), shared
-by every sender.
+by every worker.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 
 from flask import current_app
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import or_, select, update
 
 from extensions import db
 
@@ -73,26 +76,66 @@ def retry_delay(attempts: int) -> float:
     return min(first * 2 ** max(0, attempts - 1), float(config["CONTACT_FORWARD_RETRY_MAX_S"]))
 
 
-def claimable(now: datetime, force: bool):
-    """Unsent rows nobody holds; ``force`` also takes rows waiting for their retry."""
+def lease_end(now: datetime) -> datetime:
+    return now + timedelta(seconds=float(current_app.config["CONTACT_FORWARD_LEASE_S"]))
+
+
+def new_ticket() -> str:
+    """A queued job's ticket: the 'q' tells it from a sender's token (32 hex digits)."""
+    return "q" + secrets.token_hex(15)
+
+
+def claimable(now: datetime, force: bool, ticket: str | None = None):
+    """Unsent rows nobody holds, or held for the job with this ``ticket``; ``force``
+    also takes rows waiting for their retry (never one mid-send or queued)."""
     free = [ContactMessage.claimed_until.is_(None), ContactMessage.claimed_until < now]
     if force:
-        free.append(ContactMessage.claim_token.is_(None))  # not mid-send
+        free.append(ContactMessage.claim_token.is_(None))
+    if ticket is not None:
+        free.append(ContactMessage.claim_token == ticket)
     return ContactMessage.forwarded_at.is_(None), or_(*free)
 
 
-def claim(row_id: int, *, force: bool = False) -> str | None:
+def claim(row_id: int, *, force: bool = False, ticket: str | None = None) -> str | None:
     """Take the row for one send; the token when this caller won it, else None."""
     now, token = utcnow(), secrets.token_hex(16)
-    lease = timedelta(seconds=float(current_app.config["CONTACT_FORWARD_LEASE_S"]))
     result = db.session.execute(
         update(ContactMessage)
-        .where(ContactMessage.id == row_id, *claimable(now, force))
-        .values(claimed_until=now + lease, claim_token=token,
+        .where(ContactMessage.id == row_id, *claimable(now, force, ticket))
+        .values(claimed_until=lease_end(now), claim_token=token,
                 forward_attempts=ContactMessage.forward_attempts + 1)
         .execution_options(synchronize_session=False))
     db.session.commit()
     return token if result.rowcount == 1 else None
+
+
+def reserve(row: ContactMessage) -> str:
+    """Hold a new row for the job about to be queued for it; returns the job's ticket."""
+    row.claim_token, row.claimed_until = new_ticket(), lease_end(utcnow())
+    return row.claim_token
+
+
+def reserve_due(limit: int = 100) -> list[tuple[int, str]]:
+    """Rows that need a job (new rows never queued, a failed send whose retry time came,
+    a job or sender that vanished): each reserved by one conditional UPDATE, so among
+    several workers sweeping at once only one queues it. Returns (row id, ticket)."""
+    if not smtp_configured():
+        return []
+    now = utcnow()
+    due = (*claimable(now, force=False), ContactMessage.forward_attempts < MAX_ATTEMPTS)
+    row_ids = db.session.scalars(select(ContactMessage.id).where(*due)
+                                 .order_by(ContactMessage.id).limit(limit)).all()
+    reserved = []
+    for row_id in row_ids:
+        ticket = new_ticket()
+        result = db.session.execute(
+            update(ContactMessage).where(ContactMessage.id == row_id, *due)
+            .values(claim_token=ticket, claimed_until=lease_end(now))
+            .execution_options(synchronize_session=False))
+        db.session.commit()
+        if result.rowcount == 1:
+            reserved.append((row_id, ticket))
+    return reserved
 
 
 def settle(row_id: int, token: str, error: Exception | None, attempts: int) -> None:
@@ -111,9 +154,9 @@ def settle(row_id: int, token: str, error: Exception | None, attempts: int) -> N
     db.session.commit()
 
 
-def forward_one(row_id: int, *, force: bool = False) -> bool | None:
-    """Claim and send one row: True sent, False failed, None held by someone else."""
-    token = claim(row_id, force=force)
+def forward_one(row_id: int, *, force: bool = False, ticket: str | None = None) -> bool | None:
+    """Claim and send one row: True sent, False failed, None sent or held elsewhere."""
+    token = claim(row_id, force=force, ticket=ticket)
     if token is None:
         return None
     row = db.session.get(ContactMessage, row_id, populate_existing=True)
@@ -147,14 +190,3 @@ def forward_pending(limit: int = 20, *, force: bool = False) -> tuple[int, int]:
         sent += outcome is True
         failed += outcome is False
     return sent, failed
-
-
-def next_due() -> datetime | None:
-    """When a pending row can next be claimed: now, later, or None if none is pending."""
-    pending = (ContactMessage.forwarded_at.is_(None),
-               ContactMessage.forward_attempts < MAX_ATTEMPTS)
-    free = select(ContactMessage.id).where(*pending, ContactMessage.claimed_until.is_(None))
-    if db.session.scalar(free.limit(1)) is not None:
-        return utcnow()
-    earliest = db.session.scalar(select(func.min(ContactMessage.claimed_until)).where(*pending))
-    return as_utc(earliest) if earliest else None

@@ -38,8 +38,9 @@ class ContactMessage(db.Model):
                                                           nullable=True, index=True)
     forward_attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(String(300), nullable=True)
-    # A sender's lease: while it runs, no one else may claim the row. After a failure
-    # it holds the row until its next retry; ``claim_token`` is set only mid-send.
+    # A lease: while it runs, no one else may claim the row. ``claim_token`` holds the
+    # queued job's ticket ("q...") or, mid-send, the sender's token; after a failure it
+    # is cleared and the lease holds the row until its next retry.
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                            nullable=True)
     claim_token: Mapped[str | None] = mapped_column(String(32), nullable=True)

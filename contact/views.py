@@ -1,6 +1,6 @@
-"""``/contact``: show the form, store a valid message, then wake the forwarder.
+"""``/contact``: show the form, store a valid message, then queue its mail.
 
-The request never talks SMTP: the background forwarder sends the stored row.
+The request never talks SMTP: a worker's ``forward_contact`` job sends the stored row.
 """
 
 from flask import Blueprint, current_app, flash, redirect, render_template, url_for
@@ -8,8 +8,7 @@ from flask import Blueprint, current_app, flash, redirect, render_template, url_
 from extensions import db, limiter
 
 from .forms import ContactForm
-from .forwarder import forwarder_for
-from .mailer import smtp_configured
+from .mailer import reserve, smtp_configured
 from .models import ContactMessage
 
 bp = Blueprint("contact", __name__)
@@ -17,17 +16,6 @@ bp = Blueprint("contact", __name__)
 
 def contact_limit() -> str:
     return current_app.config["CONTACT_RATE_LIMIT"]
-
-
-@bp.before_app_request
-def forward_backlog() -> None:
-    """On a process's first request, send what an earlier run left unsent (rows stored
-    before a restart), without waiting for the next post; later requests skip it."""
-    app = current_app._get_current_object()
-    if not app.extensions.get("contact_backlog_checked"):
-        app.extensions["contact_backlog_checked"] = True
-        if smtp_configured():
-            forwarder_for(app).notify()
 
 
 @bp.get("/contact")
@@ -44,9 +32,10 @@ def contact_submit():
     row = ContactMessage()
     form.populate_obj(row)
     row.phone = row.phone or None
+    ticket = reserve(row) if smtp_configured() else None
     db.session.add(row)
     db.session.commit()
-    if smtp_configured():
-        forwarder_for(current_app._get_current_object()).notify()
+    if ticket is not None:
+        current_app.extensions["job_queue"].enqueue_contact(row.id, ticket)
     flash("Thank you: your message was received.", "success")
     return redirect(url_for("contact.contact_form"))

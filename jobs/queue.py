@@ -10,11 +10,12 @@ worker is repaired by ``housekeeping`` (see ``studies.store.stale_studies``).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
 
-from huey import RedisHuey, SqliteHuey
+from huey import PriorityRedisHuey, SqliteHuey
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,8 @@ def make_huey(broker_url: str | None, instance_path: str):
     """The Huey instance for a broker URL: Redis, a SQLite file, or the default file."""
     url = (broker_url or "").strip()
     if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisHuey("lungscan", url=url, results=False)
+        # The priority flavour, so contact mail goes ahead of queued studies (Redis >= 5).
+        return PriorityRedisHuey("lungscan", url=url, results=False)
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
     elif url:
@@ -31,7 +33,14 @@ def make_huey(broker_url: str | None, instance_path: str):
                          f"not {url.split(':', 1)[0]}:...")
     else:
         path = os.path.join(instance_path, "queue.sqlite3")
-    return SqliteHuey("lungscan", filename=path, results=False, timeout=30)
+    # Processes starting together (gunicorn's workers) would each switch a new file to
+    # WAL, and SQLite refuses all but one ("database is locked"): one at a time.
+    with open(path + ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            return SqliteHuey("lungscan", filename=path, results=False, timeout=30)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class JobQueue:
@@ -59,10 +68,17 @@ class JobQueue:
 
     def enqueue_study(self, study_id: str) -> None:
         """Queue a study; a broker that is down only delays it (housekeeping re-queues)."""
+        self._enqueue("a study", self.tasks.run_study, study_id)
+
+    def enqueue_contact(self, row_id: int, ticket: str) -> None:
+        """Queue a stored message's mail; the same repair as studies if the broker is down."""
+        self._enqueue("a contact message", self.tasks.forward_contact, row_id, ticket)
+
+    def _enqueue(self, what: str, task, *args) -> None:
         try:
-            self.tasks.run_study(study_id)
-        except Exception as exc:  # noqa: BLE001 - the study is stored; it will be found
-            log.warning("could not queue a study (%s); it will be queued again",
+            task(*args)
+        except Exception as exc:  # noqa: BLE001 - the row is stored; it will be found
+            log.warning("could not queue %s (%s); it will be queued again", what,
                         type(exc).__name__)
         self._wake.set()
 

@@ -14,10 +14,12 @@ class Tasks:
     run_study: Callable[[str], object]  # calling it queues the study
     housekeeping: Callable[[], int]  # runs now, in the caller: re-queues and purges
     pacs_poll: Callable[[], int]  # runs now: starts studies that arrived in the PACS
+    forward_contact: Callable[[int, str], object]  # calling it queues a message's mail
 
 
 def register_tasks(huey, app) -> Tasks:
     """Register this app's jobs on its queue (the same names in every process)."""
+    from contact.jobs import register_contact_tasks
     from pacs.jobs import register_pacs_tasks
     from studies import service as studies
     from studies.service import StudyConfig
@@ -36,6 +38,7 @@ def register_tasks(huey, app) -> Tasks:
             pacs.write_back(study_id)
 
     pacs = register_pacs_tasks(huey, app, run_study)
+    contact = register_contact_tasks(huey, app)
 
     def housekeeping() -> int:
         with app.app_context():
@@ -46,6 +49,7 @@ def register_tasks(huey, app) -> Tasks:
             run_study(study_id)
         if purged:
             log.info("purged %d studies past their retention time", purged)
-        return len(stale)
+        return len(stale) + contact.sweep()
 
-    return Tasks(run_study=run_study, housekeeping=housekeeping, pacs_poll=pacs.poll)
+    return Tasks(run_study=run_study, housekeeping=housekeeping, pacs_poll=pacs.poll,
+                 forward_contact=contact.forward)

@@ -26,6 +26,16 @@ def testing_config(tmp_path, **overrides) -> dict:
 
 testing_config.__test__ = False  # a helper, not a test, despite its name
 
+
+def run_queued_jobs(app) -> int:
+    """Run the app's queued jobs here, in the caller, until the queue is empty."""
+    huey, count = app.extensions["job_queue"].huey, 0
+    while (task := huey.dequeue()) is not None:
+        huey.execute(task)
+        count += 1
+    return count
+
+
 pytest_plugins = ["pytester"]  # tests of the CI rule below run pytest on small files
 
 

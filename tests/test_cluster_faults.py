@@ -1,5 +1,6 @@
 """Faults on a whole deployment on loopback (tests/cluster.py): three web replicas behind
-HAProxy, two workers, PostgreSQL and Redis.
+HAProxy, two workers, PostgreSQL and Redis, forwarding contact mail to a real SMTP
+server (aiosmtpd).
 
 Each test prints its figures (counts, status histograms, durations) as one JSON line
 starting with ``FIGURES``; ``pytest -s`` shows them. Every visitor connects from its
@@ -31,6 +32,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .cluster import cluster, needs_cluster, wait_for
+from .mail_server import MailServer
 from .model_factory import scan_like_png
 
 pytestmark = needs_cluster
@@ -42,7 +44,11 @@ SETTINGS = {
     "STUDY_LEASE_S": 3,  # a killed worker's study is taken over after 3 s...
     "WORKER_SWEEP_S": 1,  # ...noticed by the other worker's housekeeping every second
     "STUDY_REQUEUE_AFTER_S": 5,  # a study whose queue message was lost is queued again
+    "CONTACT_FORWARD_LEASE_S": 3,  # a mail whose worker died is queued again after 3 s
+    "MAIL_SERVER": "127.0.0.1", "MAIL_USE_TLS": "false",
+    "CONTACT_RECIPIENT": "team@example.org",
 }
+MAIL_MARKER = re.compile(rb"[A-Z]+-[0-9a-f]{8}-\d+")
 CSRF_INPUT = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 TIMEOUT_S = 120  # per request: above HAProxy's 2 s connect and below its 180 s timeouts
 DEADLINE_S = 180  # for a study or a recovery: a hang guard, not a measurement
@@ -59,9 +65,18 @@ TRUNCATED = "truncated"
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory, tiny_model_dir):
+def mail():
+    server = MailServer(MAIL_MARKER)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, tiny_model_dir, mail):
+    settings = {**SETTINGS, "MAIL_PORT": mail.port}
     with cluster(tmp_path_factory.mktemp("cluster"), tiny_model_dir, replicas=3, workers=2,
-                 settings=SETTINGS) as running:
+                 settings=settings) as running:
         yield running
 
 
@@ -182,6 +197,18 @@ def stored_markers(deployment, tag: str) -> Counter:
     return Counter(m for (message,) in rows for m in pattern.findall(message))
 
 
+def mailed_markers(mail, tag: str) -> Counter:
+    """How many mails carry each marker of this run."""
+    return Counter({m: n for m, n in mail.inbox.markers().items() if m.startswith(tag + "-")})
+
+
+def wait_for_mail(mail, tag: str, markers) -> float:
+    """Wait until every marker was mailed (a hang guard); seconds it took."""
+    started, wanted = time.monotonic(), set(markers)
+    wait_for(lambda: wanted <= set(mailed_markers(mail, tag)), "the mails", DEADLINE_S)
+    return time.monotonic() - started
+
+
 def histogram(outcomes) -> dict:
     return dict(sorted(Counter(o.key for o in outcomes).items()))
 
@@ -298,22 +325,28 @@ def post_many(url: str, tag: str, count: int, threads: int, on_answer=None) -> l
         return list(pool.map(visit, range(count)))
 
 
-def test_concurrent_contact_posts_are_stored_once_each(deployment):
+def test_concurrent_contact_posts_are_stored_and_mailed_once_each(deployment, mail):
+    """300 visitors at once: 300 rows, and the two workers' jobs send 300 mails."""
     tag = f"MSG-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     outcomes = post_many(deployment.url, tag, 300, threads=30)
     elapsed = time.monotonic() - started
     stored = stored_markers(deployment, tag)
+    mail_s = wait_for_mail(mail, tag, stored)
+    time.sleep(2)  # a duplicate would arrive about now
+    mailed = mailed_markers(mail, tag)
     figures("contact_300", histogram=histogram(outcomes), stored=sum(stored.values()),
-            distinct=len(stored), seconds=round(elapsed, 1))
+            distinct=len(stored), seconds=round(elapsed, 1), mails=sum(mailed.values()),
+            distinct_mails=len(mailed), all_mailed_after_s=round(mail_s, 1))
     assert histogram(outcomes) == {"post 302": 300}
     assert len(stored) == 300 and set(stored.values()) == {1}
+    assert mailed == stored  # every message mailed, none twice
 
 
-def test_a_replica_killed_mid_load_loses_no_acknowledged_message(deployment):
+def test_a_replica_killed_mid_load_loses_no_acknowledged_message(deployment, mail):
     """SIGKILL one replica after 100 answers: its in-flight requests fail (HAProxy's
     502, a kept-alive connection closed without an answer, or a page cut short), later
-    ones go to the others; what was acknowledged is stored, once."""
+    ones go to the others; what was acknowledged is stored, and mailed, once."""
     tag, answers, lock = f"KILL-{uuid.uuid4().hex[:8]}", [0], threading.Lock()
     hundred = threading.Event()
 
@@ -330,9 +363,13 @@ def test_a_replica_killed_mid_load_loses_no_acknowledged_message(deployment):
         killed.result()
     stored = stored_markers(deployment, tag)
     acked = {f"{tag}-{i}" for i, o in enumerate(outcomes) if acknowledged(o)}
+    wait_for_mail(mail, tag, stored)
+    time.sleep(2)  # a duplicate would arrive about now
+    mailed = mailed_markers(mail, tag)
     figures("contact_300_replica_killed", histogram=histogram(outcomes),
             acknowledged=len(acked), stored=sum(stored.values()), distinct=len(stored),
-            stored_unacknowledged=len(set(stored) - acked))
+            stored_unacknowledged=len(set(stored) - acked), mails=sum(mailed.values()))
+    assert mailed == stored
     assert victim.process.poll() is not None  # the replica really died mid-run
     assert acked and acked <= set(stored)
     assert set(stored.values()) == {1}  # nothing stored twice, acknowledged or not
@@ -370,6 +407,41 @@ def test_a_worker_killed_mid_study_is_replaced_by_the_other(deployment):
                if i["index"] in answered)
     assert attempts == 2
     assert any("queued again" in log.read_text() for log in survivor)
+    deployment.start_worker()  # two workers again for the tests that follow
+
+
+def test_a_worker_killed_mid_send_is_replaced_and_the_mail_goes_once(deployment, mail):
+    """The SMTP server holds a worker in the middle of a mail (before its content);
+    that worker is SIGKILLed; once its lease runs out the other worker's housekeeping
+    queues the message again, and it is mailed once."""
+    tag = f"SEND-{uuid.uuid4().hex[:8]}"
+    marker = f"{tag}-0"
+    mail.inbox.at_rcpt.clear()
+    mail.inbox.rcpt_gate.clear()
+    try:
+        assert acknowledged(send_message(deployment.url, marker))
+        assert mail.inbox.at_rcpt.wait(DEADLINE_S)  # a worker is mid-send
+        row_id = deployment.postgres.scalar(
+            "SELECT id FROM contact_messages WHERE message LIKE :pattern",
+            pattern=f"%{marker}")
+        said = f"contact message {row_id}: forwarding"
+        sender = [worker for worker, log in zip(deployment.workers, deployment.worker_logs)
+                  if worker.poll() is None and said in log.read_text()]
+        assert len(sender) == 1
+        killed_at = time.monotonic()
+        os.killpg(sender[0].pid, signal.SIGKILL)
+        sender[0].wait(30)
+    finally:
+        mail.inbox.rcpt_gate.set()  # the dead sender's session ends without content
+    mail_s = wait_for_mail(mail, tag, [marker])
+    time.sleep(2)  # a duplicate would arrive about now
+    attempts = deployment.postgres.scalar(
+        "SELECT forward_attempts FROM contact_messages WHERE id = :id", id=row_id)
+    figures("worker_killed_mid_send", mailed_after_kill_s=round(time.monotonic() - killed_at
+                                                                - 2, 1),
+            waited_s=round(mail_s, 1), attempts=attempts, mails=mailed_markers(mail, tag))
+    assert mailed_markers(mail, tag) == {marker: 1}
+    assert attempts == 2
     deployment.start_worker()  # two workers again for the tests that follow
 
 
@@ -463,9 +535,11 @@ def test_a_redis_restart_fails_requests_clearly_and_heals(deployment):
     assert finals == {"done": len(accepted)}
 
 
-def test_a_postgres_restart_loses_no_acknowledged_message(deployment):
+def test_a_postgres_restart_loses_no_acknowledged_message(deployment, mail):
     """PostgreSQL stops for 3 s while visitors post: every acknowledged message is
-    stored once, the others were told plainly, and posting works again by itself."""
+    stored once and mailed, the others were told plainly, and posting works again by
+    itself. (A mail sent just before the database went away, whose worker could not
+    record it, is sent again after the lease: at least once, counted below.)"""
     tag = f"PG-{uuid.uuid4().hex[:8]}"
     numbers, markers = iter(range(1_000_000)), {}
 
@@ -484,10 +558,15 @@ def test_a_postgres_restart_loses_no_acknowledged_message(deployment):
         load.more(acknowledged, 20, "messages after the restart")
     stored = stored_markers(deployment, tag)
     acked = {m for m, o in markers.items() if acknowledged(o)}
+    wait_for_mail(mail, tag, stored)
+    time.sleep(2)  # a duplicate would arrive about now
+    mailed = mailed_markers(mail, tag)
     figures("postgres_restart", histogram=histogram(load.outcomes), acknowledged=len(acked),
             stored=sum(stored.values()), recovered_s=round(recovered_s, 1),
             stored_unacknowledged=len(set(stored) - acked), unclear=unclear(load.outcomes),
-            app_500=error_messages(o for o in load.outcomes if o.status == 500))
+            app_500=error_messages(o for o in load.outcomes if o.status == 500),
+            mails=sum(mailed.values()), mailed_twice=sum(n > 1 for n in mailed.values()))
     assert unclear(load.outcomes) == []
     assert load.count(lambda o: not acknowledged(o)) > 0  # the outage was seen
     assert acked <= set(stored) and set(stored.values()) == {1}
+    assert set(mailed) == set(stored)

@@ -1,81 +1,36 @@
 """Contact forwarding against a real SMTP server (aiosmtpd) on loopback.
 
-The visitor's request only stores the message; a background forwarder sends it. Each
-row is claimed before it is sent, so several app instances sharing one database (as
-workers and replicas do) send every message exactly once. Waits below poll with a
-generous deadline only so that a broken build fails instead of hanging.
+The visitor's request only stores the message and queues a ``forward_contact`` job; a
+worker (here the embedded worker thread of each app, all on one queue file) sends it.
+Each row is reserved for its job and claimed before it is sent, so several app
+instances sharing one database and one queue send every message exactly once. Waits
+below poll with a generous deadline only so that a broken build fails instead of
+hanging. Several workers as separate processes, on Redis and PostgreSQL, with one
+killed mid-send, are in tests/test_cluster_faults.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
-import socket
 import sqlite3
-import threading
 import time
 import uuid
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from email import message_from_bytes
 from email.policy import default as default_policy
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import inspect, select
 
 from app import create_app
-from contact.forwarder import forwarder_for
-from contact.mailer import MAX_ATTEMPTS, claim, forward_pending
+from contact.mailer import MAX_ATTEMPTS, claim, forward_pending, reserve_due
 from contact.models import ContactMessage, utcnow
 from extensions import db
 
 from .conftest import testing_config
+from .mail_server import MailServer
 
-MARKER = re.compile(rb"FWD-[0-9a-f]{12}-\d+")
 DEADLINE_S = 60
-
-
-class Inbox:
-    """aiosmtpd handler: keeps every mail; DATA waits while ``gate`` is closed."""
-
-    def __init__(self):
-        self.messages: list[bytes] = []
-        self.gate = threading.Event()
-        self.gate.set()
-        self.receiving = threading.Event()
-
-    async def handle_DATA(self, server, session, envelope):
-        self.receiving.set()
-        await asyncio.get_running_loop().run_in_executor(None, self.gate.wait)
-        self.messages.append(envelope.content)
-        return "250 Message accepted for delivery"
-
-    def markers(self) -> Counter:
-        """How many mails carried each marker (a mail counts once per marker)."""
-        found = (set(MARKER.findall(mail)) for mail in list(self.messages))
-        return Counter(marker.decode() for markers in found for marker in markers)
-
-
-class MailServer:
-    def __init__(self):
-        self.inbox = Inbox()
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.controller = None
-
-    def start(self):
-        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port,
-                                     ready_timeout=30)
-        self.controller.start()
-
-    def stop(self):
-        self.inbox.gate.set()
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
 
 
 @pytest.fixture
@@ -87,7 +42,8 @@ def mail():
 
 
 class Apps:
-    """App instances sharing one SQLite file, as workers or replicas share a database."""
+    """App instances sharing one SQLite file and one queue, as workers and replicas
+    share a database and a broker; each runs an embedded worker once it has a request."""
 
     def __init__(self, tmp_path, port):
         self.tmp_path, self.port, self.made = tmp_path, port, []
@@ -95,24 +51,23 @@ class Apps:
     def new(self, **overrides):
         config = dict(MAIL_SERVER="127.0.0.1", MAIL_PORT=self.port, MAIL_USE_TLS=False,
                       CONTACT_RECIPIENT="team@example.org", CONTACT_FORWARD_RETRY_S=0.2,
-                      CONTACT_FORWARD_RETRY_MAX_S=1)
+                      CONTACT_FORWARD_RETRY_MAX_S=1, EMBEDDED_WORKER=True,
+                      EMBEDDED_POLL_S=0.05, WORKER_SWEEP_S=0.2)
         config.update(overrides)
         app = create_app(testing_config(self.tmp_path, **config))
         self.made.append(app)
         return app
 
-    def stop_forwarders(self):
+    def stop_workers(self):
         for app in self.made:
-            forwarder = app.extensions.get("contact_forwarder")
-            if forwarder is not None:
-                forwarder.stop()
+            app.extensions["job_queue"].stop_embedded_worker()
 
 
 @pytest.fixture
-def apps(tmp_path, mail):
+def apps(tmp_path, mail, instance_path):
     made = Apps(tmp_path, mail.port)
     yield made
-    made.stop_forwarders()
+    made.stop_workers()
 
 
 def new_marker(i: int = 0) -> str:
@@ -159,7 +114,7 @@ def test_post_returns_while_the_mail_server_is_blocked(mail, apps):
     mail.inbox.gate.clear()  # the server will not answer DATA until released
     response = app.test_client().post("/contact", data=fields(marker))
     assert response.status_code == 302
-    assert mail.inbox.receiving.wait(DEADLINE_S)  # the forwarder is mid-send, after the answer
+    assert mail.inbox.receiving.wait(DEADLINE_S)  # the worker is mid-send, after the answer
     (row,) = rows(app)
     assert row.forwarded_at is None and row.claim_token is not None
     mail.inbox.gate.set()
@@ -181,7 +136,7 @@ def test_concurrent_posts_to_several_instances_are_each_mailed_once(mail, apps):
     with ThreadPoolExecutor(max_workers=16) as pool:
         assert list(pool.map(post, range(len(markers)))) == [302] * len(markers)
     assert wait_until(lambda: all_forwarded(instances[0], len(markers)))
-    apps.stop_forwarders()
+    apps.stop_workers()
     assert mail.inbox.markers() == {marker: 1 for marker in markers}
     assert {row.forward_attempts for row in rows(instances[0])} == {1}
 
@@ -195,8 +150,8 @@ def test_failed_send_keeps_the_message_and_sends_it_once_smtp_is_back(mail, apps
     (row,) = rows(app)
     assert row.forwarded_at is None and "ConnectionRefusedError" in row.last_error
     mail.start()
-    assert wait_until(lambda: all_forwarded(app, 1))  # retried by the forwarder alone
-    apps.stop_forwarders()
+    assert wait_until(lambda: all_forwarded(app, 1))  # retried by the workers alone
+    apps.stop_workers()
     (row,) = rows(app)
     assert row.forward_attempts >= 2 and row.last_error is None
     assert mail.inbox.markers() == {marker: 1}
@@ -277,16 +232,75 @@ def test_an_older_database_gains_the_claim_columns(tmp_path, mail, apps):
     assert mail.inbox.markers() == {marker: 1}
 
 
-def test_stopping_the_forwarder_sends_what_is_stored_first(mail, apps):
+def queue_of(app):
+    return app.extensions["job_queue"]
+
+
+def test_a_job_queued_twice_sends_once(mail, apps):
+    app = apps.new(EMBEDDED_WORKER=False)  # the jobs run here, in the test
+    marker = new_marker()
+    assert app.test_client().post("/contact", data=fields(marker)).status_code == 302
+    (row,) = rows(app)
+    forward = queue_of(app).tasks.forward_contact
+    forward.call_local(row.id, row.claim_token)
+    forward.call_local(row.id, row.claim_token)  # the same job again: already sent
+    forward.call_local(row.id, "q-a-stale-ticket")
+    assert mail.inbox.markers() == {marker: 1}
+    (row,) = rows(app)
+    assert row.forwarded_at and (row.forward_attempts, row.claim_token) == (1, None)
+
+
+def test_a_mail_job_goes_ahead_of_queued_studies(apps):
+    app = apps.new(EMBEDDED_WORKER=False)
+    queue = queue_of(app)
+    for number in range(3):
+        queue.enqueue_study(f"study-{number}")
+    queue.enqueue_contact(1, "q-ticket")
+    assert queue.huey.dequeue().name == "forward_contact"
+    assert queue.huey.dequeue().name == "run_study"
+
+
+def test_a_message_whose_sender_died_mid_send_is_sent_once(mail, apps):
+    """A worker took the row (its token, attempts 1) and died before it sent: once its
+    lease ran out, another worker's housekeeping queues it again and it goes out once."""
     app = apps.new()
-    markers = [new_marker(i) for i in range(3)]
-    client = app.test_client()
-    for marker in markers:
-        assert client.post("/contact", data=fields(marker)).status_code == 302
-    forwarder_for(app).stop()
-    assert not forwarder_for(app).thread.is_alive()
-    assert all_forwarded(app, len(markers))
-    assert mail.inbox.markers() == {marker: 1 for marker in markers}
+    marker = new_marker()
+    store(app, marker, claim_token="0" * 32, forward_attempts=1,
+          claimed_until=utcnow() - timedelta(seconds=1))
+    assert app.test_client().get("/about").status_code == 200  # starts the worker
+    assert wait_until(lambda: all_forwarded(app, 1))
+    apps.stop_workers()
+    assert mail.inbox.markers() == {marker: 1}
+    assert rows(app)[0].forward_attempts == 2
+
+
+def test_a_message_whose_job_was_lost_is_queued_again(mail, apps, caplog):
+    """The broker refuses the job: the visitor still gets the thank-you, the row keeps
+    its reservation until the lease runs out, then housekeeping queues it again."""
+    app = apps.new(CONTACT_FORWARD_LEASE_S=0.5)
+    tasks = queue_of(app).tasks
+
+    def broker_down(*_args):
+        raise ConnectionError("the broker is away")
+
+    original, tasks.forward_contact = tasks.forward_contact, broker_down
+    marker = new_marker()
+    response = app.test_client().post("/contact", data=fields(marker))
+    tasks.forward_contact = original
+    assert response.status_code == 302
+    assert "could not queue a contact message" in caplog.text
+    assert wait_until(lambda: all_forwarded(app, 1))
+    apps.stop_workers()
+    assert mail.inbox.markers() == {marker: 1}
+
+
+def test_sweeping_workers_reserve_each_row_once(apps):
+    app = apps.new(EMBEDDED_WORKER=False)
+    ids = [store(app, new_marker(i)) for i in range(5)]
+    with app.app_context():
+        first, second = reserve_due(), reserve_due()
+    assert [row_id for row_id, _ in first] == ids and second == []
+    assert {row.claim_token for row in rows(app)} == {ticket for _, ticket in first}
 
 
 def test_messages_left_by_an_earlier_run_go_out_on_the_first_request(mail, apps):
@@ -298,5 +312,5 @@ def test_messages_left_by_an_earlier_run_go_out_on_the_first_request(mail, apps)
     restarted = apps.new()
     assert restarted.test_client().get("/about").status_code == 200
     assert wait_until(lambda: all_forwarded(restarted, 1))
-    apps.stop_forwarders()
+    apps.stop_workers()
     assert mail.inbox.markers() == {marker: 1}

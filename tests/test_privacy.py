@@ -31,9 +31,8 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
 from app import create_app
-from contact.forwarder import forwarder_for
 
-from .conftest import TINY_CARD
+from .conftest import TINY_CARD, run_queued_jobs
 from .conftest import testing_config as make_config
 from .hostile_corpus import dicom_bytes, encode, noise
 from .model_factory import install, tiny_model
@@ -141,7 +140,7 @@ def test_real_server_keeps_no_upload_on_disk_and_nothing_private_in_its_log(
 
 
 def test_in_process_logs_carry_no_upload_or_message(tmp_path, privacy_models, caplog,
-                                                   monkeypatch):
+                                                   monkeypatch, instance_path):
     started = time.time() - 1
     app = create_app(make_config(tmp_path, MODEL_DIR=str(privacy_models),
                                  MAIL_SERVER="127.0.0.1", MAIL_PORT=1,
@@ -158,7 +157,7 @@ def test_in_process_logs_carry_no_upload_or_message(tmp_path, privacy_models, ca
             "name": "Privacy", "email": "p@example.org", "category": "other",
             "subject": "Privacy check", "message": "Private body " + body_marker.decode()})
         assert stored.status_code == 302
-        forwarder_for(app).stop()  # its one last pass has tried, and logged, the send
+        run_queued_jobs(app)  # the mail job has tried, and logged, the send
 
         def decoder_quoting_its_input(data, **_kwargs):
             raise ValueError(f"cannot parse {data[:64]!r}")  # as some decoders do
