@@ -26,9 +26,10 @@ class Config:
     # Where ONNX Runtime runs: cpu, or cuda on a machine with an NVIDIA GPU and
     # onnxruntime-gpu installed in place of onnxruntime (falls back to the CPU, logged).
     INFERENCE_DEVICE = "cpu"
-    # Precision of the ONNX graph: fp32, or fp16 (for GPUs: tensor cores; most CPUs run
-    # it slower). A model serves fp16 only when its answers to a probe batch are within
-    # FP16_TOLERANCE of fp32 (largest difference in any probability), else fp32, logged.
+    # Precision of the ONNX graph: fp32, or fp16 (for GPUs' tensor cores; on the CPU it
+    # runs no faster). A model serves fp16 only when its answers to a probe batch are
+    # within FP16_TOLERANCE of fp32 (largest difference in any probability), else fp32,
+    # with a warning in the log.
     INFERENCE_PRECISION = "fp32"
     FP16_TOLERANCE = 0.01
     INFERENCE_JIT_COMPILE = False  # XLA for the Keras graph

@@ -1,9 +1,10 @@
 """Half precision (``INFERENCE_PRECISION=fp16``): a converted ONNX graph, served only
 when it answers like the fp32 one.
 
-Why: on a GPU, fp16 convolutions run on tensor cores at up to several times the fp32
-rate and halve the weights' memory; most x86 CPUs have no fp16 arithmetic and run such
-a graph slower (``bench/precision.py``), so fp32 stays the default.
+Why: on a GPU with tensor cores, fp16 convolutions have a higher peak rate than fp32,
+and the weights take half the memory. On an x86 CPU, ONNX Runtime casts back to fp32
+around the convolutions (weights rounded to fp16): the same speed, so no gain there
+(``bench/precision.py`` measures both), and fp32 stays the default.
 
 The fp16 graph is made from the checked fp32 conversion of the same file's bytes with
 ONNX Runtime's own float16 tool, inputs and outputs kept float32 (so preprocessing,

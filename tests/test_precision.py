@@ -1,7 +1,7 @@
 """fp16 by configuration: served only when its answers are within FP16_TOLERANCE of
 fp32, else fp32 with a warning; the fp16 graph is converted once and cached; fp32 stays
 the default and unchanged. CI has no GPU: these run ONNX Runtime's CPU provider, which
-runs the converted graph too (slower; bench/precision.py measures both)."""
+runs the converted graph too (no faster there; bench/precision.py measures both)."""
 
 from __future__ import annotations
 
