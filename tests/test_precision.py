@@ -13,6 +13,7 @@ import pytest
 
 from app import create_app
 from inference.precision import fp16_path_for
+from inference.preparation import convert_entry
 from inference.runners import OnnxBackend
 
 from .backend_helpers import entry_for, random_batch
@@ -121,6 +122,16 @@ def test_the_fp16_graph_is_converted_once_and_reused(tmp_path, converted_dir, mo
     assert runner.precision == "fp16" and runner.path == cached
     assert cached.stat().st_mtime_ns == before
     assert list(converted_dir.rglob("*.fp16.onnx")) == [cached]  # no temporary left
+
+
+def test_a_new_fp32_conversion_removes_the_fp16_graph_made_from_the_old(
+        tmp_path, converted_dir, instance_path):
+    loaded_runner(make_app(tmp_path, converted_dir, INFERENCE_PRECISION="fp16"),
+                  converted_dir)
+    cached = fp16_path_for(fp32_file(converted_dir))
+    assert cached.is_file()
+    convert_entry(entry_for(converted_dir), force=True)
+    assert not cached.exists()
 
 
 def test_an_impossible_tolerance_serves_fp32_with_a_warning(tmp_path, converted_dir,
