@@ -84,6 +84,8 @@ class Config:
     PACS_AUTO_ANALYSE = ""  # e.g. "ct:all,xray:resnet50": analyse new studies on arrival
     PACS_EXPLAIN = False  # auto-analysis with heatmaps (written back as captures)
     PACS_WRITE_BACK = True  # store the report (and captures) in the PACS study
+    PACS_WRITE_LEASE_S = 300  # a queued write-back's hold: a lost job is queued again after it
+    PACS_WRITE_RETRY_S = 60  # first retry of a failed write-back, doubling up to an hour
     PACS_POLL_S = 30  # how often workers look for new PACS studies
     PACS_STABLE_S = 60  # a study is analysed once its image count held this long
 

@@ -31,11 +31,14 @@ def register_tasks(huey, app) -> Tasks:
     def run_study(study_id: str) -> None:
         with app.app_context():
             source = pacs.source_for(study_id)
+            write = source is not None and bool(app.config.get("PACS_WRITE_BACK"))
+            if write:
+                pacs.expect_write(study_id)
             # Only a prefix of the id is logged: the id is the key to the results.
             outcome = studies.run(app.extensions["inference"], config(), study_id, source)
             log.info("study %s...: %s", study_id[:6], outcome)
-        if source is not None and outcome == "done" and app.config.get("PACS_WRITE_BACK"):
-            pacs.write_back(study_id)
+        if write and outcome == "done":
+            pacs.write_back(study_id)  # reserved in the database, then queued
 
     pacs = register_pacs_tasks(huey, app, run_study)
     contact = register_contact_tasks(huey, app)
@@ -49,7 +52,7 @@ def register_tasks(huey, app) -> Tasks:
             run_study(study_id)
         if purged:
             log.info("purged %d studies past their retention time", purged)
-        return len(stale) + contact.sweep()
+        return len(stale) + contact.sweep() + pacs.sweep()
 
     return Tasks(run_study=run_study, housekeeping=housekeeping, pacs_poll=pacs.poll,
                  forward_contact=contact.forward)

@@ -1,4 +1,5 @@
-"""``flask pacs list`` and ``flask pacs analyse STUDY_UID``: the PACS from a terminal."""
+"""``flask pacs list``, ``flask pacs analyse STUDY_UID`` and ``flask pacs write-back
+STUDY_ID``: the PACS from a terminal."""
 
 from __future__ import annotations
 
@@ -70,7 +71,42 @@ def analyse_command(study_uid: str, modality: str, model: str, explain: bool,
         time.sleep(1)
     if view["status"] == "failed":
         raise click.ClickException(view["error"]["message"])
-    while app.config.get("PACS_WRITE_BACK") and not studies.view(config, study_id).get("written"):
-        time.sleep(1)
-    click.echo(json.dumps({"verdict": view["verdict"],
-                           "written": studies.view(config, study_id).get("written")}, indent=2))
+    while app.config.get("PACS_WRITE_BACK") and (
+            view := studies.view(config, study_id))["write_back"]["status"] == "pending":
+        time.sleep(1)  # a failed write is retried in the background: said, not waited for
+    click.echo(json.dumps({"verdict": view["verdict"], "written": view.get("written"),
+                           "write_back": view["write_back"]}, indent=2))
+
+
+@pacs_cli.command("write-back")
+@click.argument("study_id")
+def write_back_command(study_id: str) -> None:
+    """Write a finished study's answer into its PACS study now, in this process: after
+    an outage, or once the automatic tries are used up. Exits non-zero on failure."""
+    from studies import service as studies
+    from studies.service import StudyConfig
+
+    from .jobs import SOFTWARE_VERSION
+    from .writes import attempt
+
+    app = current_app._get_current_object()
+    config = StudyConfig.from_mapping(app.config)
+    try:
+        view = studies.view(config, study_id, with_images=False)
+    except ServiceError as exc:
+        raise click.ClickException(exc.message) from None
+    if view.get("source") != "pacs":
+        raise click.ClickException("This study's images were uploaded: there is no PACS "
+                                   "study to write into.")
+    if view["status"] != "done":
+        raise click.ClickException(f"The study is {view['status']}, not done: there is no "
+                                   "answer to write yet.")
+    if view.get("written"):
+        click.echo(f"already written ({len(view['written'])} instances)")
+    else:
+        ok, outcome = attempt(app, study_id, SOFTWARE_VERSION)
+        if not ok:
+            raise click.ClickException(outcome)
+        click.echo(outcome)
+    written = studies.view(config, study_id, with_images=False)["written"]
+    click.echo(json.dumps({"written": written}, indent=2))

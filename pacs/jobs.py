@@ -1,5 +1,6 @@
-"""The PACS side of the queue: which studies fetch from the PACS, the write-back job,
-and the auto-analysis poll. Registered by ``jobs.tasks`` for every app."""
+"""The PACS side of the queue: which studies fetch from the PACS, the write-back job
+(reserved in the database first, see ``writes``), and the auto-analysis poll.
+Registered by ``jobs.tasks`` for every app."""
 
 from __future__ import annotations
 
@@ -25,16 +26,17 @@ def pacs_client(config):
 @dataclass
 class PacsTasks:
     source_for: Callable[[str], object]  # study id -> ImageSource or None
-    write_back: Callable[[str], object]  # calling it queues the write-back
+    expect_write: Callable[[str], None]  # before a run: the write-back will be wanted
+    write_back: Callable[[str], object]  # calling it reserves and queues the write-back
     poll: Callable[[], int]  # runs now, in the caller: studies started
+    sweep: Callable[[], int]  # runs now: write-backs due again, queued
 
 
 def register_pacs_tasks(huey, app, run_study) -> PacsTasks:
     from studies import store
-    from studies.service import StudyConfig
 
-    from . import watch
-    from .analysis import PacsSource, deliver
+    from . import watch, writes
+    from .analysis import PacsSource
     from .writer import SOFTWARE_NAME
 
     def source_for(study_id: str):
@@ -43,13 +45,41 @@ def register_pacs_tasks(huey, app, run_study) -> PacsTasks:
             return None
         return PacsSource(pacs_client(app.config), SOFTWARE_NAME)
 
-    @huey.task(name="pacs_write_back", retries=3, retry_delay=30)
+    @huey.task(name="pacs_write_back")
+    def write_job(study_id: str) -> None:
+        with app.app_context():
+            if not app.config.get("PACS_WRITE_BACK"):  # off since queued: the row waits
+                return
+            ok, outcome = writes.attempt(app, study_id, SOFTWARE_VERSION)
+        if ok:
+            log.info("study %s...: %s", study_id[:6], outcome)
+
+    def queue(study_id: str) -> None:
+        try:
+            write_job(study_id)
+        except Exception as exc:  # noqa: BLE001 - reserved: housekeeping queues it later
+            log.warning("could not queue the write-back of study %s... (%s); it will be "
+                        "queued again", study_id[:6], type(exc).__name__)
+
+    def expect_write(study_id: str) -> None:
+        with app.app_context():
+            writes.expect(study_id, float(app.config["PACS_WRITE_LEASE_S"]))
+
     def write_back(study_id: str) -> None:
         with app.app_context():
-            outcome = deliver(pacs_client(app.config), app.extensions["inference"],
-                              StudyConfig.from_mapping(app.config), study_id,
-                              SOFTWARE_VERSION)
-            log.info("study %s...: %s", study_id[:6], outcome)
+            reserved = writes.reserve(study_id, float(app.config["PACS_WRITE_LEASE_S"]))
+        if reserved:
+            queue(study_id)
+
+    def sweep() -> int:
+        if not (app.config.get("PACS_WRITE_BACK") and app.config.get("DICOMWEB_URL")):
+            return 0
+        with app.app_context():
+            due = writes.reserve_due(float(app.config["PACS_WRITE_LEASE_S"]))
+        for study_id in due:
+            log.info("study %s...: write-back queued again", study_id[:6])
+            queue(study_id)
+        return len(due)
 
     rules = watch.parse_auto_analyse(app.config.get("PACS_AUTO_ANALYSE"))
 
@@ -66,4 +96,5 @@ def register_pacs_tasks(huey, app, run_study) -> PacsTasks:
         return len(started)
 
     poll.enabled = bool(rules)
-    return PacsTasks(source_for=source_for, write_back=write_back, poll=poll)
+    return PacsTasks(source_for=source_for, expect_write=expect_write, write_back=write_back,
+                     poll=poll, sweep=sweep)

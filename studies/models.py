@@ -17,6 +17,8 @@ from extensions import db
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 PENDING = "pending"  # an image not yet analysed
+# Automatic tries of a study's write-back into its PACS; `flask pacs write-back` goes on.
+WRITE_MAX_ATTEMPTS = 10
 
 
 def utcnow() -> datetime:
@@ -53,6 +55,11 @@ class Study(db.Model):
     source: Mapped[str] = mapped_column(String(16), default="upload")
     pacs_study_uid: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
     written: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    # The write-back as the database drives it (pacs/writes.py): when housekeeping may
+    # queue it (again), null when none is wanted; failed tries; the last failure, plain.
+    write_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    write_after: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+    write_error: Mapped[str | None] = mapped_column(String(300), nullable=True)
 
 
 class StudyImage(db.Model):

@@ -86,5 +86,7 @@ def has_images(study_id: str) -> bool:
 
 
 def set_written(study_id: str, written: list[dict]) -> None:
-    db.session.execute(update(Study).where(Study.id == study_id).values(written=written))
+    """Written back: no further try is wanted, and the last failure is history."""
+    db.session.execute(update(Study).where(Study.id == study_id)
+                       .values(written=written, write_after=None, write_error=None))
     db.session.commit()

@@ -7,7 +7,7 @@ import io
 
 from inference.predict import DISCLAIMER
 
-from .models import DONE, FAILED, Study, StudyImage
+from .models import DONE, FAILED, QUEUED, RUNNING, WRITE_MAX_ATTEMPTS, Study, StudyImage
 
 
 def image_view(image: StudyImage) -> dict:
@@ -50,11 +50,31 @@ def study_view(study: Study, images: list[StudyImage]) -> dict:
         data["source"] = study.source
         data["study_uid"] = study.pacs_study_uid
         data["written"] = list(study.written or [])
+        data["write_back"] = write_back_view(study)
     if study.status == DONE:
         data["verdict"] = study.verdict
     if study.status == FAILED:
         data["error"] = {"code": study.error_code, "message": study.error_message}
     return data
+
+
+def write_back_view(study: Study) -> dict:
+    """Where the answer's write-back into the PACS stands: written, pending (the study
+    is still running, or its write is queued), retrying after a failure, failed (no
+    automatic tries left) or off (the study finished while write-back was off)."""
+    attempts = study.write_attempts or 0
+    if study.written:
+        status = "written"
+    elif attempts >= WRITE_MAX_ATTEMPTS:
+        status = "failed"
+    elif study.status in (QUEUED, RUNNING):
+        status = "pending"
+    elif study.status == DONE and study.write_after is not None:
+        status = "retrying" if attempts else "pending"
+    else:
+        status = "off"
+    return {"status": status, "attempts": attempts, "error": study.write_error,
+            "next_try": _iso(study.write_after) if status == "retrying" else None}
 
 
 def _iso(moment) -> str | None:

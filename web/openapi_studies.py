@@ -115,4 +115,23 @@ def study_schemas() -> dict:
         "warnings": {"type": "array", "items": {"type": "string"}},
         "error": {"type": "object", "description": "Only when failed: code and message",
                   "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
+        "write_back": _write_back_schema(),
         "disclaimer": {"type": "string"}}}}
+
+
+def _write_back_schema() -> dict:
+    return {"type": "object", "description": "PACS studies only: the answer's write-back "
+            "into the PACS study (failed tries are retried with back-off; `flask pacs "
+            "write-back ID` writes it at once)",
+            "properties": {
+                "status": {"type": "string",
+                           "enum": ["written", "pending", "retrying", "failed", "off"],
+                           "description": "pending: the study is running or its write is "
+                                          "queued; failed: no automatic tries left; off: "
+                                          "finished while write-back was off"},
+                "attempts": {"type": "integer", "description": "Failed tries so far"},
+                "error": {"type": ["string", "null"],
+                          "description": "The last failure (names the PACS by "
+                                         "scheme://host:port only)"},
+                "next_try": {"type": ["string", "null"], "format": "date-time",
+                             "description": "When a retrying write-back is tried again"}}}
