@@ -1,13 +1,14 @@
 """The write-back into the PACS, driven by the database rather than by the queue.
 
-A PACS study is marked when it starts running, and reserved again when it finished
-(``write_after`` = now + a lease) before its ``pacs_write_back`` job is queued. The job records the outcome: ``written``, or one
-more failed try, the failure in words and the time of the next try (doubling back-off).
-Workers' housekeeping (``reserve_due``) queues again every study whose time came (a
-failure to retry, a lost job, a worker that died mid-write), each reserved by one
-conditional UPDATE so that among several workers only one queues it. Writing twice is
-harmless: the instances' UIDs derive from the study id. A study finished while
-write-back was off (``write_after`` null) is never written automatically.
+A PACS study is marked when it starts running, and reserved again once it finished
+(``write_after`` = now + a lease) before its ``pacs_write_back`` job is queued. The job
+records the outcome: ``written``, or one more failed try, the failure in words and the
+time of the next try (doubling back-off). Workers' housekeeping (``reserve_due``)
+queues again every study whose time came (a failure to retry, a lost job, a worker that
+died mid-write), each reserved by one conditional UPDATE so that among several workers
+only one queues it. Writing twice is harmless: the instances' UIDs derive from the
+study id. A study finished while write-back was off (``write_after`` null) is never
+written automatically.
 """
 
 from __future__ import annotations
