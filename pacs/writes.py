@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 
 from extensions import db
 from inference.errors import ServiceError
-from studies.models import DONE, WRITE_MAX_ATTEMPTS, Study, utcnow
+from studies.models import DONE, QUEUED, RUNNING, WRITE_MAX_ATTEMPTS, Study, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def expect(study_id: str, lease_s: float) -> None:
     finishing the study and queueing the write leaves it to housekeeping."""
     db.session.execute(
         update(Study).where(Study.id == study_id, Study.source == "pacs",
-                            Study.written.is_(None))
+                            Study.status.in_((QUEUED, RUNNING)), Study.written.is_(None))
         .values(write_after=utcnow() + timedelta(seconds=lease_s))
         .execution_options(synchronize_session=False))
     db.session.commit()
