@@ -2,7 +2,8 @@
 
 Both take jobs from the same queue with Huey's own ``dequeue``/``execute`` (the
 consumer) and both run housekeeping every ``WORKER_SWEEP_S`` seconds, which queues
-again any study whose worker died and purges expired ones.
+again any study, contact mail or PACS write-back whose job was lost or whose worker
+died (and a mail or write-back whose retry time came), and purges expired studies.
 """
 
 from __future__ import annotations
