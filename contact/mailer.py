@@ -21,11 +21,13 @@ from __future__ import annotations
 import logging
 import secrets
 import smtplib
+import time
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 
 from flask import current_app
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import DBAPIError
 
 from extensions import db
 
@@ -168,8 +170,31 @@ def forward_one(row_id: int, *, force: bool = False, ticket: str | None = None) 
         log.warning("contact message %s not forwarded yet: %s", row_id, type(exc).__name__)
         settle(row_id, token, exc, attempts)
         return False
-    settle(row_id, token, None, attempts)
+    record_sent(row_id, token, attempts)
     return True
+
+
+def record_sent(row_id: int, token: str, attempts: int) -> None:
+    """The mail went out: record it, waiting out a database outage for most of the
+    lease (a failing try can itself take seconds), because a row left claimed is sent
+    again when its lease ends."""
+    patience_s = float(current_app.config["CONTACT_FORWARD_LEASE_S"]) * 0.8
+    deadline, pause = time.monotonic() + patience_s, 0.1
+    while True:
+        try:
+            settle(row_id, token, None, attempts)
+            return
+        except DBAPIError:
+            try:
+                db.session.rollback()
+            except DBAPIError:
+                pass  # the connection is gone; the next try gets another
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("contact message %s sent; recording it waits for the database",
+                        row_id)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 def forward_pending(limit: int = 20, *, force: bool = False) -> tuple[int, int]:

@@ -34,8 +34,12 @@ def contact_submit():
     row.phone = row.phone or None
     ticket = reserve(row) if smtp_configured() else None
     db.session.add(row)
+    db.session.flush()
+    row_id = row.id  # read now: after the commit, reading it would query the database
     db.session.commit()
+    # From here on nothing touches the database: the message is stored, so an outage
+    # now must not answer "nothing was saved".
     if ticket is not None:
-        current_app.extensions["job_queue"].enqueue_contact(row.id, ticket)
+        current_app.extensions["job_queue"].enqueue_contact(row_id, ticket)
     flash("Thank you: your message was received.", "success")
     return redirect(url_for("contact.contact_form"))

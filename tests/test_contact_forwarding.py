@@ -314,3 +314,51 @@ def test_messages_left_by_an_earlier_run_go_out_on_the_first_request(mail, apps)
     assert wait_until(lambda: all_forwarded(restarted, 1))
     apps.stop_workers()
     assert mail.inbox.markers() == {marker: 1}
+
+
+def test_nothing_touches_the_database_after_the_message_is_stored(mail, apps):
+    """Once the row is committed the post only queues and answers: a database that
+    goes away at that moment cannot turn a stored message into an error page."""
+    from sqlalchemy import event
+
+    app = apps.new(EMBEDDED_WORKER=False)
+    client = app.test_client()
+    assert client.get("/contact").status_code == 200
+    said = []
+    with app.app_context():
+        engine = db.engine
+    record = lambda *args, **_kw: said.append(args[2].split()[0].upper())  # noqa: E731
+    committed = lambda *_args: said.append("COMMIT")  # noqa: E731
+    event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine, "commit", committed)
+    try:
+        assert client.post("/contact", data=fields(new_marker())).status_code == 302
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+        event.remove(engine, "commit", committed)
+    assert "INSERT" in said and said[-1] == "COMMIT", said
+
+
+def test_a_sent_mail_is_recorded_once_the_database_is_back(mail, apps, monkeypatch):
+    """The mail went out but the database is away when the worker records it: the
+    worker waits (for most of the lease) instead of leaving the row to be sent again."""
+    import contact.mailer as mailer
+    from sqlalchemy.exc import OperationalError
+
+    app = apps.new(EMBEDDED_WORKER=False, CONTACT_FORWARD_LEASE_S=60)
+    marker = new_marker()
+    row_id = store(app, marker)
+    real_settle, failures = mailer.settle, []
+
+    def database_away_twice(*args):
+        if len(failures) < 2:
+            failures.append(args)
+            raise OperationalError("UPDATE", {}, ConnectionError("server closed"))
+        return real_settle(*args)
+
+    monkeypatch.setattr(mailer, "settle", database_away_twice)
+    with app.app_context():
+        assert mailer.forward_one(row_id) is True
+    (row,) = rows(app)
+    assert len(failures) == 2 and row.forwarded_at and row.claim_token is None
+    assert mail.inbox.markers() == {marker: 1}

@@ -75,3 +75,22 @@ def test_a_bad_query_is_still_an_internal_error(app):
         raise ProgrammingError("SELECT nonsense", {}, Exception("syntax error"))
 
     assert app.test_client().get("/api/v1/bad-query").status_code == 500
+
+
+def test_a_database_outage_whose_rollback_fails_too_is_still_a_503_page(app, monkeypatch):
+    """With the server gone, the handler's own rollback can fail as well: the visitor
+    still gets the site's 503 page, not the framework's bare 500."""
+    from extensions import db
+
+    @app.route("/outage-page")
+    def outage_page():
+        raise OUTAGES["database"][0]()
+
+    def rollback_fails():
+        raise OperationalError("ROLLBACK", {}, ConnectionError("server closed"))
+
+    with app.app_context():
+        monkeypatch.setattr(db.session, "rollback", rollback_fails)
+        answer = app.test_client().get("/outage-page")
+    assert answer.status_code == 503
+    assert "The database is not answering just now" in answer.get_data(as_text=True)

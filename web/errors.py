@@ -107,7 +107,10 @@ def register(app: Flask) -> None:
     def database_unavailable(exc: DBAPIError):
         if not exc.connection_invalidated and not isinstance(exc, OPERATIONAL):
             return unexpected_error(exc)
-        db.session.rollback()
+        try:
+            db.session.rollback()
+        except Exception as again:  # noqa: BLE001 - the answer must not become a bare 500
+            log.warning("rollback after a database error failed: %s", type(again).__name__)
         log.warning("database unavailable on %s %s: %s", request.method, request.path,
                     type(exc.orig).__name__)
         return error_response(503, "database_unavailable",
