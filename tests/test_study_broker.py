@@ -61,3 +61,19 @@ def test_readiness_follows_the_broker(tmp_path, instance_path, tiny_model_dir):
     assert down.status_code == 503
     assert down.get_json()["checks"]["broker"].startswith("error: ")
     assert "redis://" not in down.get_data(as_text=True)
+
+
+def test_on_redis_a_mail_job_goes_ahead_of_queued_studies(tmp_path, instance_path):
+    """The Redis queue keeps priorities too (PriorityRedisHuey): a contact mail queued
+    after three studies is the next job a worker takes."""
+    from app import create_app
+
+    with redis_server(tmp_path) as broker:
+        app = create_app(testing_config(tmp_path, BROKER_URL=broker))
+        queue = app.extensions["job_queue"]
+        for number in range(3):
+            queue.enqueue_study(f"study-{number}")
+        queue.enqueue_contact(1, "q-ticket")
+        assert queue.huey.pending_count() == 4
+        assert queue.huey.dequeue().name == "forward_contact"
+        assert queue.huey.dequeue().name == "run_study"
