@@ -30,6 +30,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from extensions import db
+from jobs.backoff import doubling_delay
 
 from .models import CATEGORIES, ContactMessage, utcnow
 
@@ -72,10 +73,10 @@ def as_utc(moment: datetime) -> datetime:
 
 
 def retry_delay(attempts: int) -> float:
-    """Seconds before the next try after ``attempts`` failures: doubling, capped."""
+    """Seconds before the next try after ``attempts`` failures (the configured rule)."""
     config = current_app.config
-    first = float(config["CONTACT_FORWARD_RETRY_S"])
-    return min(first * 2 ** max(0, attempts - 1), float(config["CONTACT_FORWARD_RETRY_MAX_S"]))
+    return doubling_delay(float(config["CONTACT_FORWARD_RETRY_S"]), attempts,
+                          float(config["CONTACT_FORWARD_RETRY_MAX_S"]))
 
 
 def lease_end(now: datetime) -> datetime:

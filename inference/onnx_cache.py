@@ -194,13 +194,7 @@ def convert_to_onnx(keras_backend: KerasGraphBackend, model_path: Path, digest: 
     started = time.perf_counter()
     proto = _to_proto(keras_backend)
     convert_s = time.perf_counter() - started
-    # Named *.onnx so a leftover (a killed process) stays git-ignored; the stale
-    # sweep below removes it.
-    handle, tmp_name = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.onnx",
-                                        dir=target.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
+    with staged(target) as tmp:
         onnx.save(proto, str(tmp))
         candidate = OnnxBackend(tmp, threads)
         batch = check_inputs(keras_backend.input_size, preprocess)
@@ -215,15 +209,32 @@ def convert_to_onnx(keras_backend: KerasGraphBackend, model_path: Path, digest: 
         del candidate
         onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(report.to_json())})
         onnx.save(proto, str(tmp))
-        os.chmod(tmp, 0o644)  # readable by a server running as another user, like the .h5
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     remove_stale(model_path, target)
     log.info("converted %s to %s in %.1f s (max |diff| %.1e, Keras %.1f ms, ONNX %.1f ms)",
              Path(model_path).name, target.name, convert_s, diff, report.keras_ms,
              report.onnx_ms)
     return target, report
+
+
+@contextlib.contextmanager
+def staged(target: Path):
+    """A temporary file beside ``target`` to write; published under ``target``'s name
+    in one rename when the block ends normally, removed when it raises.
+
+    Readers (another worker, a later start) see nothing or the whole file. The name
+    ends in .onnx so a leftover (a killed process) stays git-ignored; ``remove_stale``
+    sweeps it away.
+    """
+    handle, tmp_name = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.onnx",
+                                        dir=target.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # readable by a server running as another user, like the .h5
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def remove_stale(model_path: Path, keep: Path) -> None:

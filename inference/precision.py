@@ -20,13 +20,11 @@ model on fp32, with a warning: fp16 is a speed-up, never a reason to fail a requ
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .onnx_cache import check_inputs
+from .onnx_cache import check_inputs, staged
 from .runners import OnnxBackend, short_error
 
 log = logging.getLogger(__name__)
@@ -76,16 +74,8 @@ def convert_to_fp16(fp32_path: Path) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.onnx",
-                                        dir=target.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
+    with staged(target) as tmp:
         onnx.save(model, str(tmp))
-        os.chmod(tmp, 0o644)  # readable by a server running as another user
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("converted %s to fp16 as %s", Path(fp32_path).name, target.name)
     return target
 

@@ -14,6 +14,8 @@ import time
 
 from inference.errors import ServiceError
 
+from .backoff import doubling_delay
+
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 600  # a loop failing again and again waits at most this long
@@ -45,7 +47,7 @@ class Housekeeper(threading.Thread):
 
     def delay(self, failures: int) -> float:
         """The interval, doubled per failure in a row up to ``MAX_BACKOFF_S``."""
-        return min(self.interval * 2 ** failures, max(self.interval, MAX_BACKOFF_S))
+        return doubling_delay(self.interval, failures + 1, max(self.interval, MAX_BACKOFF_S))
 
 
 def background_loops(app, tasks) -> list[Housekeeper]:

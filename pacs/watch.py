@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from extensions import db
 from inference.registry import normalize_architecture, normalize_modality
+from jobs.backoff import doubling_delay
 from studies.models import FAILED, Study, utcnow
 from studies.remote import remote_study
 from studies.store import new_study_id
@@ -77,7 +78,7 @@ def retry_unreachable() -> None:
     now = utcnow()
     for arrival, code in rows:
         if code in RETRY_CODES:
-            delay = min(RETRY_FIRST_S * 2 ** max(0, arrival.attempts - 1), RETRY_MAX_S)
+            delay = doubling_delay(RETRY_FIRST_S, arrival.attempts, RETRY_MAX_S)
             arrival.study_id, arrival.next_try_at = None, now + timedelta(seconds=delay)
     db.session.commit()
 

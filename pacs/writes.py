@@ -20,16 +20,12 @@ from sqlalchemy import select, update
 
 from extensions import db
 from inference.errors import ServiceError
+from jobs.backoff import doubling_delay
 from studies.models import DONE, QUEUED, RUNNING, WRITE_MAX_ATTEMPTS, Study, utcnow
 
 log = logging.getLogger(__name__)
 
 RETRY_CAP_S = 3600.0  # the longest wait between two automatic tries
-
-
-def retry_delay(first_s: float, attempts: int) -> float:
-    """Seconds before the next try after ``attempts`` failures: doubling, capped."""
-    return min(first_s * 2 ** min(max(0, attempts - 1), 30), RETRY_CAP_S)
 
 
 def wanted():
@@ -93,7 +89,7 @@ def record_failure(study_id: str, message: str, first_retry_s: float) -> tuple[i
     attempts = db.session.scalar(select(Study.write_attempts).where(Study.id == study_id))
     if attempts is None:
         return 0, 0.0  # the study was deleted or purged meanwhile
-    delay = retry_delay(first_retry_s, attempts + 1)
+    delay = doubling_delay(first_retry_s, attempts + 1, RETRY_CAP_S)
     db.session.execute(
         update(Study).where(Study.id == study_id)
         .values(write_attempts=Study.write_attempts + 1, write_error=message[:300],

@@ -14,6 +14,7 @@ import requests
 from sqlalchemy import update
 
 from extensions import db
+from jobs.backoff import doubling_delay
 from pacs import writes
 from pacs.client import PacsClient
 from studies.models import WRITE_MAX_ATTEMPTS, Study, utcnow
@@ -22,6 +23,7 @@ from .conftest import run_queued_jobs, testing_config
 from .orthanc_server import needs_orthanc, orthanc_server
 from .study_helpers import ct_series
 from .test_pacs_analysis import upload_study, wait_written
+
 
 def with_orthanc(test):
     for mark in needs_orthanc:
@@ -217,9 +219,9 @@ def test_two_apps_sweeping_one_database_reserve_a_due_study_once(tmp_path, insta
 
 
 def test_the_retry_delay_doubles_up_to_an_hour():
-    assert [writes.retry_delay(60, n) for n in range(1, 9)] == [
+    assert [doubling_delay(60, n, writes.RETRY_CAP_S) for n in range(1, 9)] == [
         60, 120, 240, 480, 960, 1920, 3600, 3600]
-    assert writes.retry_delay(60, 10_000) == 3600
+    assert doubling_delay(60, 10_000, writes.RETRY_CAP_S) == 3600
 
 
 @with_orthanc
