@@ -38,21 +38,43 @@ def synthetic_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     write_images(root / "data" / "COVID", 100, True, seed=1)
     write_images(root / "data" / "non-COVID", 100, False, seed=2)
-    argv = [
-        "train", "--data", str(root / "data"), "--modality", "ct", "--arch", "vgg16",
-        "--weights", "none", "--input-size", "32", "--epochs", "14", "--head-epochs", "2",
-        "--batch-size", "16", "--learning-rate", "3e-3", "--fine-tune-learning-rate",
-        "3e-3", "--fine-tune", "all", "--patience", "4", "--output", str(root / "models"),
-        "--report", str(root / "report"), "--verbose", "0"]
-    # A fresh process: the same training in a process shaped by hundreds of earlier
-    # tests (thread pools, graph state) sometimes collapsed to one class.
+    _train_tiny(root / "data", root / "models", "--epochs", "14", "--head-epochs", "2",
+                "--learning-rate", "3e-3", "--fine-tune-learning-rate", "3e-3",
+                "--fine-tune", "all", "--patience", "4", "--report", str(root / "report"))
+    card_path = root / "models" / "vgg16" / "VGG16_CT_model.json"
+    return root, json.loads(card_path.read_text(encoding="utf-8"))
+
+
+def _train_tiny(data: Path, output: Path, *options: str) -> None:
+    """``train --deterministic`` on the tiny base, in a fresh process: op determinism is
+    process-wide, and without it thread timing made about 1 run in 16 collapse to one
+    class here."""
+    argv = ["train", "--data", str(data), "--modality", "ct", "--arch", "vgg16",
+            "--weights", "none", "--input-size", "32", "--batch-size", "16",
+            "--deterministic", "--output", str(output), "--verbose", "0", *options]
     code = ("import sys; from training.__main__ import build_parser; "
             "from training.train import run_training; from tests.training_data import tiny_base; "
             "run_training(build_parser().parse_args(sys.argv[1:]), base_builder=tiny_base)")
     subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
-    card_path = root / "models" / "vgg16" / "VGG16_CT_model.json"
-    return root, json.loads(card_path.read_text(encoding="utf-8"))
+
+
+def test_deterministic_training_gives_the_same_weights_twice(tmp_path):
+    write_images(tmp_path / "data" / "COVID", 40, True, seed=3)
+    write_images(tmp_path / "data" / "non-COVID", 40, False, seed=4)
+    runs = []
+    for name in ("first", "second"):
+        _train_tiny(tmp_path / "data", tmp_path / name, "--epochs", "3", "--head-epochs", "1",
+                    "--fine-tune", "all", "--learning-rate", "3e-3")
+        model_path = tmp_path / name / "vgg16" / "VGG16_CT_model.h5"
+        card = json.loads(model_path.with_suffix(".json").read_text(encoding="utf-8"))
+        runs.append((load_keras_model(model_path)[0].get_weights(), card))
+    (first, first_card), (second, second_card) = runs
+    assert first_card["training"]["deterministic"] is True
+    assert first_card["history"]["val_loss"] == second_card["history"]["val_loss"]
+    assert len(first) == len(second) > 0
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_short_training_separates_the_synthetic_classes(synthetic_run):

@@ -87,6 +87,9 @@ def _add_train(commands, data, split, archs: list[str]) -> None:
                        help="early stopping on validation loss, best weights kept")
     train.add_argument("--threshold", type=_threshold, default="0.5",
                        help="decision threshold: a number, or youden (chosen on validation)")
+    train.add_argument("--deterministic", action="store_true",
+                       help="same seed, data and machine give the same weights, bit for "
+                            "bit (TensorFlow's op determinism; slower on a GPU)")
     _add_train_outputs(train)
 
 

@@ -80,6 +80,9 @@ def run_training(args, base_builder: BaseBuilder | None = None) -> dict:
 
     tf = import_tensorflow()
     keras.utils.set_random_seed(args.seed)
+    if args.deterministic:
+        # Seeds alone leave thread timing free to reorder float sums and random draws.
+        tf.config.experimental.enable_op_determinism()
     arch, modality = args.arch, MODALITY_ALIASES[args.modality]
     size = args.input_size or ARCHITECTURES[arch].default_input_size[0]
     card = ModelCard(arch, modality, classes=CLASSES, input_size=(size, size),
@@ -197,6 +200,7 @@ def _training_facts(args, modality: str, head_epochs: int, weights: dict,
     return {
         "data": str(Path(args.data)), "weights": args.weights, "epochs": args.epochs,
         "head_epochs": head_epochs, "batch_size": args.batch_size,
+        "deterministic": args.deterministic,
         "class_weight": {CLASSES[k]: v for k, v in weights.items()},
         "augmentation": describe_augmentation(modality), "phases": phase_facts,
         "early_stopping": {"monitor": "val_loss", "patience": args.patience,
