@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import shutil
 
@@ -15,14 +16,13 @@ import pytest
 from inference.ood import (FeatureProfile, ProfileStore, check, load_profile, profile_path,
                            save_profile)
 from inference.onnx_cache import file_sha256
-from training.__main__ import build_parser, main
+from training.__main__ import main
 from training.profile import fit_profile
-from training.train import run_training
 
 from .conftest import testing_config
 from .ood_images import (PER_CLASS, detector_figures, held_out_scans, ood_images, served_distances,
-                         small_base, text_page, png_bytes, training_arguments)
-from .training_data import write_images
+                         text_page, png_bytes, training_arguments)
+from .training_data import train_in_fresh_process, write_images
 
 UNLIKE = "This image is unlike the images the VGG16 model was trained on"
 
@@ -33,9 +33,10 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ood")
     write_images(root / "data" / "COVID", PER_CLASS, True, seed=1)
     write_images(root / "data" / "non-COVID", PER_CLASS, False, seed=2)
-    args = build_parser().parse_args(training_arguments(root / "data", root / "models"))
-    card = run_training(args, base_builder=small_base)
-    return root, root / "models" / "vgg16" / "VGG16_CT_model.h5", card
+    train_in_fresh_process(training_arguments(root / "data", root / "models"),
+                           "tests.ood_images:small_base")
+    model_path = root / "models" / "vgg16" / "VGG16_CT_model.h5"
+    return root, model_path, json.loads(model_path.with_suffix(".json").read_text())
 
 
 @pytest.fixture(scope="module")

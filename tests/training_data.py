@@ -7,6 +7,8 @@ brightness alone does not do it perfectly.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +76,17 @@ def tiny_base(input_shape, weights):
     x = keras.layers.MaxPooling2D(name="tiny_pool2")(x)
     x = keras.layers.Conv2D(16, 3, activation="relu", name="tiny_conv3")(x)
     return keras.Model(inputs, x), "tiny_pool1"
+
+
+def train_in_fresh_process(argv: list[str], base: str = "tests.training_data:tiny_base"
+                           ) -> None:
+    """``run_training`` on a small stand-in base (``module:function``), in its own
+    process: ``--deterministic`` turns on op determinism for the whole process, and
+    the tests' own process must stay as the app runs."""
+    module, name = base.split(":")
+    code = ("import importlib, sys; from training.__main__ import build_parser; "
+            "from training.train import run_training; "
+            f"base = getattr(importlib.import_module({module!r}), {name!r}); "
+            "run_training(build_parser().parse_args(sys.argv[1:]), base_builder=base)")
+    subprocess.run([sys.executable, "-c", code, *argv], cwd=Path(__file__).resolve().parents[1],
+                   check=True, stdout=subprocess.DEVNULL)
