@@ -43,6 +43,18 @@ def make_huey(broker_url: str | None, instance_path: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def enqueue_or_defer(what: str, task, *args) -> bool:
+    """Queue ``task(*args)``; a broker that is down only delays it, because the job's
+    row is already stored and housekeeping queues it again. False when it was not."""
+    try:
+        task(*args)
+    except Exception as exc:  # noqa: BLE001 - the row is stored; it will be found
+        log.warning("could not queue %s (%s); it will be queued again", what,
+                    type(exc).__name__)
+        return False
+    return True
+
+
 class JobQueue:
     """``init_app`` builds the queue from config and registers the app's jobs."""
 
@@ -75,11 +87,7 @@ class JobQueue:
         self._enqueue("a contact message", self.tasks.forward_contact, row_id, ticket)
 
     def _enqueue(self, what: str, task, *args) -> None:
-        try:
-            task(*args)
-        except Exception as exc:  # noqa: BLE001 - the row is stored; it will be found
-            log.warning("could not queue %s (%s); it will be queued again", what,
-                        type(exc).__name__)
+        enqueue_or_defer(what, task, *args)
         self._wake.set()
 
     def start_embedded_worker(self) -> None:

@@ -33,6 +33,7 @@ class PacsTasks:
 
 
 def register_pacs_tasks(huey, app, run_study) -> PacsTasks:
+    from jobs.queue import enqueue_or_defer
     from studies import store
 
     from . import watch, writes
@@ -55,11 +56,7 @@ def register_pacs_tasks(huey, app, run_study) -> PacsTasks:
             log.info("study %s...: %s", study_id[:6], outcome)
 
     def queue(study_id: str) -> None:
-        try:
-            write_job(study_id)
-        except Exception as exc:  # noqa: BLE001 - reserved: housekeeping queues it later
-            log.warning("could not queue the write-back of study %s... (%s); it will be "
-                        "queued again", study_id[:6], type(exc).__name__)
+        enqueue_or_defer(f"the write-back of study {study_id[:6]}...", write_job, study_id)
 
     def expect_write(study_id: str) -> None:
         with app.app_context():

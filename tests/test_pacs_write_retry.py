@@ -4,7 +4,9 @@ reached the PACS is read back through Orthanc's REST API."""
 
 from __future__ import annotations
 
+import html as html_module
 import logging
+import re
 import threading
 import time
 from datetime import timedelta
@@ -94,6 +96,15 @@ def stop_at_store(monkeypatch, orthanc, call: int) -> list:
     return calls
 
 
+def write_back_line(client, url: str) -> tuple[str, str]:
+    """The study page's write-back line: its status and its words."""
+    html = client.get(url.replace("/api/v1/studies/", "/studies/")).get_data(as_text=True)
+    found = re.search(r'id="write-back" data-status="(\w+)">(.*?)</p>', html, re.S)
+    assert found, "the study page has no write-back line"
+    words = " ".join(html_module.unescape(re.sub(r"<[^>]+>", "", found[2])).split())
+    return found[1], words
+
+
 def study_row(app, url: str) -> Study:
     with app.app_context():
         row = db.session.get(Study, url.rsplit("/", 1)[1])
@@ -118,6 +129,9 @@ def test_a_pacs_down_mid_write_is_written_by_housekeeping_once_it_is_back(
     assert (write_back["status"], write_back["attempts"]) == ("retrying", 1)
     assert write_back["error"] == f"The PACS at http://127.0.0.1:{orthanc.port} cannot be reached."
     assert write_back["next_try"].endswith("Z")
+    assert write_back_line(client, url) == (
+        "retrying", f"PACS write-back: try 1 failed ({write_back['error']}); the next try is "
+        f"at {write_back['next_try'].replace('T', ' ').replace('Z', ' UTC')}.")
 
     orthanc.start()
     assert {k: len(v) for k, v in series_in_pacs(orthanc, study_uid).items()} == {
@@ -129,6 +143,9 @@ def test_a_pacs_down_mid_write_is_written_by_housekeeping_once_it_is_back(
                                   "next_try": None}
     in_pacs = series_in_pacs(orthanc, study_uid)
     report, captures = view["written"][0], view["written"][1:]
+    assert write_back_line(client, url) == (
+        "written", "PACS write-back: the report and 3 heatmap captures are stored in the "
+        "PACS study.")
     assert in_pacs["SR"] == [report["sop_instance_uid"]]  # written twice, stored once
     assert len(captures) == 3 and {uid for modality, uids in in_pacs.items()
                                    if modality not in ("CT", "SR") for uid in uids} == {
@@ -242,6 +259,8 @@ def test_after_the_last_try_housekeeping_leaves_it_and_the_command_writes_it(
     assert view["write_back"] == {
         "status": "failed", "attempts": WRITE_MAX_ATTEMPTS, "next_try": None,
         "error": f"The PACS at http://127.0.0.1:{orthanc.port} cannot be reached."}
+    assert write_back_line(client, url)[0] == "failed"
+    assert "flask pacs write-back" in write_back_line(client, url)[1]
     row = study_row(app, url)
     while utcnow() <= row.write_after:  # past its time, yet out of automatic tries
         time.sleep(0.05)
@@ -279,6 +298,8 @@ def test_a_study_done_while_write_back_was_off_is_never_written_by_housekeeping(
     assert view["status"] == "done" and view["written"] == []
     assert view["write_back"] == {"status": "off", "attempts": 0, "error": None,
                                   "next_try": None}
+    assert write_back_line(client, url) == (
+        "off", "PACS write-back: off: write-back was switched off when this study finished.")
     app.config["PACS_WRITE_BACK"] = True  # switched on later: old studies stay as they are
     assert app.extensions["job_queue"].tasks.housekeeping() == 0
     assert run_queued_jobs(app) == 0
