@@ -58,6 +58,17 @@ def analyse(client, study_uid: str, **fields) -> str:
     return answer.get_json()["url"]
 
 
+def analysed_pacs_study(tmp_path, model_dir, orthanc, slices: int, prefix: str,
+                        description: str, fields: dict | None = None, **overrides):
+    """A CT series uploaded to Orthanc and its analysis requested through the API, by
+    an app with these setting ``overrides``: (app, client, study UID, the study's API
+    url)."""
+    app = make_app(tmp_path, model_dir, orthanc, **overrides)
+    study_uid = upload_study(orthanc, ct_series(slices, prefix=prefix), description)
+    client = app.test_client()
+    return app, client, study_uid, analyse(client, study_uid, **(fields or {}))
+
+
 def series_in_pacs(orthanc, study_uid: str) -> dict[str, list[str]]:
     """Modality -> SOP Instance UIDs of the PACS study, from Orthanc's own index."""
     found = requests.post(f"{orthanc.url}/tools/find", auth=orthanc.auth, timeout=30,
@@ -115,10 +126,8 @@ def study_row(app, url: str) -> Study:
 @with_orthanc
 def test_a_pacs_down_mid_write_is_written_by_housekeeping_once_it_is_back(
         tmp_path, tiny_model_dir, orthanc, instance_path, monkeypatch):
-    app = make_app(tmp_path, tiny_model_dir, orthanc)
-    study_uid = upload_study(orthanc, ct_series(3, prefix="W"), "Chest CT, PACS goes down")
-    client = app.test_client()
-    url = analyse(client, study_uid, explain="1")
+    app, client, study_uid, url = analysed_pacs_study(
+        tmp_path, tiny_model_dir, orthanc, 3, "W", "Chest CT, PACS goes down", {"explain": "1"})
     assert client.get(url).get_json()["write_back"]["status"] == "pending"
     # The report is stored, then the PACS stops before the heatmap captures.
     calls = stop_at_store(monkeypatch, orthanc, call=2)
@@ -244,10 +253,8 @@ def test_the_retry_delay_doubles_up_to_an_hour():
 @with_orthanc
 def test_after_the_last_try_housekeeping_leaves_it_and_the_command_writes_it(
         tmp_path, tiny_model_dir, orthanc, instance_path, monkeypatch):
-    app = make_app(tmp_path, tiny_model_dir, orthanc)
-    study_uid = upload_study(orthanc, ct_series(2, prefix="F"), "Chest CT, long outage")
-    client = app.test_client()
-    url = analyse(client, study_uid)
+    app, client, study_uid, url = analysed_pacs_study(
+        tmp_path, tiny_model_dir, orthanc, 2, "F", "Chest CT, long outage")
     stop_at_store(monkeypatch, orthanc, call=1)
     run_queued_jobs(app)
     assert client.get(url).get_json()["write_back"]["attempts"] == 1
@@ -259,8 +266,8 @@ def test_after_the_last_try_housekeeping_leaves_it_and_the_command_writes_it(
     assert view["write_back"] == {
         "status": "failed", "attempts": WRITE_MAX_ATTEMPTS, "next_try": None,
         "error": f"The PACS at http://127.0.0.1:{orthanc.port} cannot be reached."}
-    assert write_back_line(client, url)[0] == "failed"
-    assert "flask pacs write-back" in write_back_line(client, url)[1]
+    status, words = write_back_line(client, url)
+    assert status == "failed" and "flask pacs write-back" in words
     row = study_row(app, url)
     while utcnow() <= row.write_after:  # past its time, yet out of automatic tries
         time.sleep(0.05)
@@ -289,10 +296,8 @@ def test_after_the_last_try_housekeeping_leaves_it_and_the_command_writes_it(
 @with_orthanc
 def test_a_study_done_while_write_back_was_off_is_never_written_by_housekeeping(
         tmp_path, tiny_model_dir, orthanc, instance_path):
-    app = make_app(tmp_path, tiny_model_dir, orthanc, PACS_WRITE_BACK=False)
-    study_uid = upload_study(orthanc, ct_series(2, prefix="O"), "Chest CT, no write-back")
-    client = app.test_client()
-    url = analyse(client, study_uid)
+    app, client, study_uid, url = analysed_pacs_study(
+        tmp_path, tiny_model_dir, orthanc, 2, "O", "Chest CT, no write-back", PACS_WRITE_BACK=False)
     run_queued_jobs(app)
     view = client.get(url).get_json()
     assert view["status"] == "done" and view["written"] == []
@@ -311,10 +316,8 @@ def test_a_study_done_while_write_back_was_off_is_never_written_by_housekeeping(
 def test_an_unexpected_failure_is_recorded_by_its_type_only(
         tmp_path, tiny_model_dir, orthanc, instance_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
-    app = make_app(tmp_path, tiny_model_dir, orthanc, PACS_WRITE_RETRY_S=3600)
-    study_uid = upload_study(orthanc, ct_series(2, prefix="U"), "Chest CT, odd failure")
-    client = app.test_client()
-    url = analyse(client, study_uid)
+    app, client, study_uid, url = analysed_pacs_study(
+        tmp_path, tiny_model_dir, orthanc, 2, "U", "Chest CT, odd failure", PACS_WRITE_RETRY_S=3600)
 
     def store(self, datasets):
         raise RuntimeError("a response body that quotes Testpatient")
