@@ -1,20 +1,63 @@
-"""Application factory: configuration, extensions, blueprints, error handlers, CLI.
+"""Application factory: the one place that wires the app together.
 
-Importing this module must stay cheap: TensorFlow is imported on first model load.
+Configuration becomes typed settings once; then extensions, the inference service, the
+queue with each domain's jobs, blueprints, error handlers and commands. Importing this
+module must stay cheap: TensorFlow is imported on first model load.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 from flask import Flask
 
+import contact.models  # noqa: F401 - registers the table
+import pacs.models  # noqa: F401 - registers the table
+import studies.models  # noqa: F401 - registers the tables
 from config import Config, TestingConfig  # noqa: F401 - TestingConfig re-exported
-from extensions import csrf, db, inference, job_queue, limiter
-from web.schema import init_schema
+from contact.cli import contact_cli
+from contact.tasks import ContactTasks, register_contact_tasks
+from contact.views import bp as contact_bp
+from extensions import csrf, db, limiter
+from inference.service import InferenceService
+from jobs.cli import worker_command
+from jobs.queue import JobQueue
+from pacs.cli import pacs_cli
+from pacs.tasks import register_pacs_tasks
+from settings import InferenceSettings, Settings, load_settings
+from studies.tasks import register_study_tasks
+from web.api import bp as api_bp
+from web.apidocs import bp as apidocs_bp
+from web.cli import models_cli
+from web.errors import register as register_error_pages
+from web.health import bp as health_bp
+from web.migrate import init_schema
+from web.pacs_api import bp as pacs_api_bp
+from web.pacs_pages import bp as pacs_pages_bp
+from web.pages import bp as pages_bp
 from web.secret_key import ensure_secret_key
+from web.security import add_security_headers
+from web.studies_api import bp as studies_api_bp
+from web.study_pages import bp as study_pages_bp
 from web.uploads import InMemoryUploadRequest, allow_study_sized_bodies
+
+DATABASE_FILE = "lungscan.sqlite3"
+OLD_DATABASE_FILE = "contact.sqlite3"  # earlier versions' name, still read if present
+
+
+@dataclass
+class Tasks:
+    """What the web edge, the CLI and the workers call on the queue."""
+
+    queue_study: Callable[[str], bool]
+    queue_contact: Callable[[int, str], bool]
+    housekeeping: Callable[[], int]  # runs now: re-queues lost jobs, purges expired studies
+    pacs_poll: Callable[[], int]  # runs now: starts the studies that arrived in the PACS
+    contact: ContactTasks
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -31,18 +74,27 @@ def create_app(test_config: dict | None = None) -> Flask:
     os.makedirs(app.instance_path, exist_ok=True)
     ensure_secret_key(app)
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
-        app.config["SQLALCHEMY_DATABASE_URI"] = (
-            "sqlite:///" + os.path.join(app.instance_path, "contact.sqlite3"))
+        app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + default_database(app)
+    settings = load_settings(app.config)
+    app.extensions["settings"] = settings
 
     trust_proxies(app)
     register_extensions(app)
-    register_services(app)
+    register_services(app, settings)
+    register_tasks(app, settings)
     register_blueprints(app)
-    register_error_handlers(app)
+    register_error_pages(app)
     register_commands(app)
-    register_security(app)
-    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
+    app.after_request(add_security_headers)
+    logging.basicConfig(level=settings.log_level)
     return app
+
+
+def default_database(app: Flask) -> str:
+    """The instance folder's SQLite file; one under its earlier name is kept in use, so
+    nobody's data disappears on upgrade."""
+    old = os.path.join(app.instance_path, OLD_DATABASE_FILE)
+    return old if os.path.exists(old) else os.path.join(app.instance_path, DATABASE_FILE)
 
 
 def trust_proxies(app: Flask) -> None:
@@ -60,65 +112,62 @@ def register_extensions(app: Flask) -> None:
     app.before_request(allow_study_sized_bodies)  # before CSRF reads the form
     csrf.init_app(app)
     limiter.init_app(app)
-    import contact.models  # noqa: F401 - registers the table
-    import pacs.models  # noqa: F401 - registers the table
-    import studies.models  # noqa: F401 - registers the tables
-
     # The schema comes from migrations/ (Alembic): upgraded here unless AUTO_MIGRATE is
     # off, else by `flask db upgrade` before the app starts.
     init_schema(app, db)
 
 
-def register_services(app: Flask) -> None:
-    inference.init_app(app)
-    job_queue.init_app(app)
+def inference_service(settings: InferenceSettings) -> InferenceService:
+    return InferenceService(
+        model_dir=settings.model_dir, max_loaded=settings.max_loaded,
+        threads=settings.threads, max_pixels=settings.max_pixels, backend=settings.backend,
+        onnx_cache_dir=settings.onnx_cache_dir, jit_compile=settings.jit_compile,
+        concurrency=settings.concurrency, device=settings.device,
+        precision=settings.precision, fp16_tolerance=settings.fp16_tolerance)
+
+
+def register_services(app: Flask, settings: Settings) -> None:
+    """The inference service and the queue. Background preparation of models starts
+    with the first request of a process, at gunicorn worker start (``gunicorn.conf.py``)
+    or when ``flask worker`` starts, never when a command-line tool creates the app."""
+    service = inference_service(settings.inference)
+    app.extensions["inference"] = service
+    queue = JobQueue(settings.queue, app.instance_path)
+    app.extensions["job_queue"] = queue
+    if settings.inference.prepare:
+        app.before_request(service.start_preparation)  # cheap once started
+        queue.on_worker_start.append(service.start_preparation)
+    if queue.embedded:
+        app.before_request(queue.start_embedded_worker)
+
+
+def register_tasks(app: Flask, settings: Settings) -> None:
+    """Each domain's jobs on the queue, and the loops every worker runs."""
+    queue = app.extensions["job_queue"]
+    pacs_tasks = register_pacs_tasks(queue, app)
+    study_tasks = register_study_tasks(queue, app, hooks=pacs_tasks.hooks)
+    contact_tasks = register_contact_tasks(queue, app)
+
+    def housekeeping() -> int:
+        return study_tasks.housekeeping() + contact_tasks.sweep() + pacs_tasks.sweep()
+
+    tasks = Tasks(queue_study=study_tasks.queue, queue_contact=contact_tasks.queue,
+                  housekeeping=housekeeping, pacs_poll=partial(pacs_tasks.poll, study_tasks.run),
+                  contact=contact_tasks)
+    app.extensions["tasks"] = tasks
+    queue.every("study-housekeeping", settings.queue.sweep_s, tasks.housekeeping)
+    if settings.pacs.auto_rules:
+        queue.every("pacs-poll", settings.pacs.poll_s, tasks.pacs_poll)
 
 
 def register_blueprints(app: Flask) -> None:
-    from contact.views import bp as contact_bp
-    from web.api import bp as api_bp
-    from web.apidocs import bp as apidocs_bp
-    from web.health import bp as health_bp
-    from web.pacs_api import bp as pacs_api_bp
-    from web.pacs_pages import bp as pacs_pages_bp
-    from web.pages import bp as pages_bp
-    from web.studies_api import bp as studies_api_bp
-    from web.study_pages import bp as study_pages_bp
-
-    app.register_blueprint(pages_bp)
-    app.register_blueprint(study_pages_bp)
-    app.register_blueprint(contact_bp)
-    app.register_blueprint(api_bp)
-    app.register_blueprint(studies_api_bp)
-    app.register_blueprint(pacs_api_bp)
-    app.register_blueprint(pacs_pages_bp)
-    app.register_blueprint(apidocs_bp)
-    app.register_blueprint(health_bp)
-    csrf.exempt(api_bp)
-    csrf.exempt(studies_api_bp)
-    csrf.exempt(pacs_api_bp)
-    csrf.exempt(health_bp)
-
-
-def register_error_handlers(app: Flask) -> None:
-    from web.errors import register
-
-    register(app)
+    for blueprint in (pages_bp, study_pages_bp, contact_bp, api_bp, studies_api_bp,
+                      pacs_api_bp, pacs_pages_bp, apidocs_bp, health_bp):
+        app.register_blueprint(blueprint)
+    for blueprint in (api_bp, studies_api_bp, pacs_api_bp, health_bp):
+        csrf.exempt(blueprint)
 
 
 def register_commands(app: Flask) -> None:
-    from contact.cli import contact_cli
-    from jobs.cli import worker_command
-    from pacs.cli import pacs_cli
-    from web.cli import models_cli
-
-    app.cli.add_command(contact_cli)
-    app.cli.add_command(models_cli)
-    app.cli.add_command(worker_command)
-    app.cli.add_command(pacs_cli)
-
-
-def register_security(app: Flask) -> None:
-    from web.security import add_security_headers
-
-    app.after_request(add_security_headers)
+    for command in (contact_cli, models_cli, worker_command, pacs_cli):
+        app.cli.add_command(command)

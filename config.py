@@ -37,7 +37,9 @@ class Config:
     WARM_MODELS = ""  # "all", or e.g. "ct:vgg16,xray:all": loaded when a worker starts
     MAX_CONTENT_LENGTH = 20 * 1024 * 1024  # 20 MiB per request
     MAX_IMAGE_PIXELS = 50_000_000
-    SQLALCHEMY_DATABASE_URI = None  # None: sqlite:///<instance>/contact.sqlite3
+    # None: sqlite:///<instance>/lungscan.sqlite3 (an existing contact.sqlite3, the name
+    # of earlier versions, is used as it is).
+    SQLALCHEMY_DATABASE_URI = None
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
     # Bring the database to the newest migration at start (under a lock): the embedded
     # default needs no extra step. Clusters set false and run `flask db upgrade` once.
@@ -57,6 +59,7 @@ class Config:
     # First retry after a failed send, doubling per failure up to the maximum.
     CONTACT_FORWARD_RETRY_S = 30
     CONTACT_FORWARD_RETRY_MAX_S = 3600
+    CONTACT_FORWARD_MAX_ATTEMPTS = 10  # automatic tries; `flask contact forward` goes on
 
     # Studies: many images as one background job (see studies/ and jobs/).
     MAX_STUDY_IMAGES = 1000
@@ -75,6 +78,7 @@ class Config:
     EMBEDDED_WORKER = True
     EMBEDDED_POLL_S = 1.0  # an idle worker (embedded or flask worker) looks this often
     WORKER_SWEEP_S = 30  # how often workers look for stalled and expired studies
+    WORKER_BACKOFF_MAX_S = 600  # a worker loop failing again and again waits at most this
 
     # PACS over DICOMweb (pacs/): the server comes from here only, never from a request;
     # credentials only from the environment (DICOMWEB_USERNAME / DICOMWEB_PASSWORD or
@@ -85,9 +89,15 @@ class Config:
     PACS_EXPLAIN = False  # auto-analysis with heatmaps (written back as captures)
     PACS_WRITE_BACK = True  # store the report (and captures) in the PACS study
     PACS_WRITE_LEASE_S = 300  # a queued write-back's hold: a lost job is queued again after it
-    PACS_WRITE_RETRY_S = 60  # first retry of a failed write-back, doubling up to an hour
+    PACS_WRITE_RETRY_S = 60  # first retry of a failed write-back, doubling...
+    PACS_WRITE_RETRY_MAX_S = 3600  # ...up to this
+    PACS_WRITE_MAX_ATTEMPTS = 10  # automatic tries; `flask pacs write-back` goes on
     PACS_POLL_S = 30  # how often workers look for new PACS studies
     PACS_STABLE_S = 60  # a study is analysed once its image count held this long
+    # An arrival whose analysis failed for want of the PACS is tried again after this,
+    # doubling per failure up to the maximum.
+    PACS_ARRIVAL_RETRY_S = 60
+    PACS_ARRIVAL_RETRY_MAX_S = 3600
 
     # Behind a load balancer or reverse proxy: how many proxies in front set
     # X-Forwarded-For / -Proto (Werkzeug's ProxyFix), so rate limits and logs see the
@@ -104,6 +114,8 @@ class Config:
     RATELIMIT_HEADERS_ENABLED = True
     PREDICT_RATE_LIMIT = "60 per minute"
     CONTACT_RATE_LIMIT = "10 per minute"
+
+    LOG_LEVEL = "INFO"
 
     WTF_CSRF_TIME_LIMIT = None  # token valid for the session's life
     SESSION_COOKIE_HTTPONLY = True

@@ -68,10 +68,11 @@ def post_worker_init(worker):
         return
 
     def warm():
-        from web.cli import parse_warm_models, warm_models
+        from inference.registry import parse_model_choices
+        from web.cli import warm_models
 
         with app.app_context():
-            warm_models(app.extensions["inference"], parse_warm_models(selection),
+            warm_models(app.extensions["inference"], parse_model_choices(selection),
                         echo=worker.log.info)
 
     threading.Thread(target=warm, name="warm-models", daemon=True).start()

@@ -140,7 +140,7 @@ def worker_threads() -> int:
 def bare_onnx(model_dir: str, arch: str):
     """A call running the model's ONNX conversion on a preprocessed 512 x 512 PNG in a
     plain session with a worker's options (its threads, sequential, no spinning)."""
-    from inference.onnx_cache import file_sha256, find_verified_onnx
+    from inference.conversion import file_sha256, find_verified_onnx
     from inference.preprocess import decode_image, prepare
     from inference.registry import discover
     from inference.runners import OnnxBackend

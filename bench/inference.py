@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from bench.concurrency import DEFAULT_MODEL_DIR, MODALITY, http_latency  # noqa: E402
-from inference.onnx_cache import KERAS_MARGIN  # noqa: E402 - imports no TensorFlow
+from inference.conversion import KERAS_MARGIN  # noqa: E402 - imports no TensorFlow
 
 ARCHES = ("vgg16", "vgg19", "inceptionv3", "resnet50")
 
@@ -167,7 +167,7 @@ def measure(arch: str, backend: str, folder: Path, runs: int, xla: bool) -> dict
 
 
 def measure_xla(loaded, one: np.ndarray, runs: int) -> dict:
-    from inference.onnx_cache import median_ms
+    from inference.conversion import median_ms
     from inference.runners import KerasGraphBackend
 
     started = time.perf_counter()

@@ -46,16 +46,16 @@ def timed_runs(runners: dict, batch, runs: int) -> dict:
 
 def measure(folder: str, arch: str, device: str, batch_size: int, runs: int) -> dict:
     from bench.studies import ct_entry
-    from inference import onnx_cache
+    from inference import conversion
     from inference.precision import convert_to_fp16, differences
     from inference.preprocess import prepare
     from inference.runners import OnnxBackend
 
     entry = ct_entry(folder, arch)
-    fp32_path = onnx_cache.find_verified_onnx(entry.path, onnx_cache.file_sha256(entry.path))
+    fp32_path = conversion.find_verified_onnx(entry.path, conversion.file_sha256(entry.path))
     fp32 = OnnxBackend(fp32_path, device=device)
     fp16 = OnnxBackend(convert_to_fp16(fp32_path), device=device)
-    batch = onnx_cache.check_inputs(entry.card.input_size,
+    batch = conversion.check_inputs(entry.card.input_size,
                                     lambda image: prepare(image, entry.card),
                                     seed=16, count=batch_size)
     diff, map_diff = differences(fp32, fp16, batch)

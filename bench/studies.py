@@ -124,7 +124,7 @@ def bare_session(folder: str, arch: str):
     threads the worker's session gets (same machine, same defaults)."""
     import onnxruntime as ort
 
-    from inference.onnx_cache import file_sha256, find_verified_onnx
+    from inference.conversion import file_sha256, find_verified_onnx
     from inference.runners import OnnxBackend
 
     entry = ct_entry(folder, arch)

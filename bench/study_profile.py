@@ -108,10 +108,10 @@ def make_app(model_dir: str):
 
 def profile_study(app, archive: bytes, arch: str, bare) -> dict:
     """One study submitted and run in process, its steps timed; bare batches around."""
+    from settings import settings_of
     from studies import service as studies
-    from studies.service import StudyConfig
 
-    inference, config = app.extensions["inference"], StudyConfig.from_mapping(app.config)
+    inference, config = app.extensions["inference"], settings_of(app).studies
     with app.app_context():
         study_id = studies.submit(inference, config, "ct", arch, False, archive=archive)
         total = studies.view(config, study_id)["progress"]["total"]

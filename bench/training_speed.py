@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from inference.runtime import import_tensorflow  # noqa: E402
-from inference.registry import ModelCard  # noqa: E402
+from inference.cards import ModelCard  # noqa: E402
 from training.models import BASES, build_model, freeze_base, unfreeze_top  # noqa: E402
 
 

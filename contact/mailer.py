@@ -22,7 +22,7 @@ import logging
 import secrets
 import smtplib
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 
 from flask import current_app
@@ -30,24 +30,28 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from extensions import db
-from jobs.backoff import doubling_delay
+from jobs.retry import doubling_delay
+from settings import MailSettings, settings_of
 
 from .models import CATEGORIES, ContactMessage, utcnow
 
 log = logging.getLogger(__name__)
-MAX_ATTEMPTS = 10  # automatic tries; `flask contact forward` retries beyond them
+
+
+def mail() -> MailSettings:
+    """The current app's mail settings."""
+    return settings_of(current_app).mail
 
 
 def smtp_configured() -> bool:
-    config = current_app.config
-    return bool(config.get("MAIL_SERVER") and config.get("CONTACT_RECIPIENT"))
+    return mail().configured
 
 
 def build_email(row: ContactMessage) -> EmailMessage:
-    config = current_app.config
+    config = mail()
     email = EmailMessage()
-    email["From"] = config["MAIL_SENDER"]
-    email["To"] = config["CONTACT_RECIPIENT"]
+    email["From"] = config.sender
+    email["To"] = config.recipient
     email["Reply-To"] = row.email
     email["Subject"] = f"[{CATEGORIES.get(row.category, row.category)}] {row.subject}"
     email.set_content(
@@ -58,29 +62,22 @@ def build_email(row: ContactMessage) -> EmailMessage:
 
 
 def send(email: EmailMessage) -> None:
-    config = current_app.config
-    with smtplib.SMTP(config["MAIL_SERVER"], int(config["MAIL_PORT"]), timeout=10) as smtp:
-        if config.get("MAIL_USE_TLS"):
+    config = mail()
+    with smtplib.SMTP(config.server, config.port, timeout=10) as smtp:
+        if config.use_tls:
             smtp.starttls()
-        if config.get("MAIL_USERNAME"):
-            smtp.login(config["MAIL_USERNAME"], config.get("MAIL_PASSWORD") or "")
+        if config.username:
+            smtp.login(config.username, config.password or "")
         smtp.send_message(email)
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite hands stored times back naive; they were written in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def retry_delay(attempts: int) -> float:
     """Seconds before the next try after ``attempts`` failures (the configured rule)."""
-    config = current_app.config
-    return doubling_delay(float(config["CONTACT_FORWARD_RETRY_S"]), attempts,
-                          float(config["CONTACT_FORWARD_RETRY_MAX_S"]))
+    return doubling_delay(mail().retry_s, attempts, mail().retry_max_s)
 
 
 def lease_end(now: datetime) -> datetime:
-    return now + timedelta(seconds=float(current_app.config["CONTACT_FORWARD_LEASE_S"]))
+    return now + timedelta(seconds=mail().lease_s)
 
 
 def new_ticket() -> str:
@@ -125,7 +122,7 @@ def reserve_due(limit: int = 100) -> list[tuple[int, str]]:
     if not smtp_configured():
         return []
     now = utcnow()
-    due = (*claimable(now, force=False), ContactMessage.forward_attempts < MAX_ATTEMPTS)
+    due = (*claimable(now, force=False), ContactMessage.forward_attempts < mail().max_attempts)
     row_ids = db.session.scalars(select(ContactMessage.id).where(*due)
                                  .order_by(ContactMessage.id).limit(limit)).all()
     reserved = []
@@ -179,7 +176,7 @@ def record_sent(row_id: int, token: str, attempts: int) -> None:
     """The mail went out: record it, waiting out a database outage for most of the
     lease (a failing try can itself take seconds), because a row left claimed is sent
     again when its lease ends."""
-    patience_s = float(current_app.config["CONTACT_FORWARD_LEASE_S"]) * 0.8
+    patience_s = mail().lease_s * 0.8
     deadline, pause = time.monotonic() + patience_s, 0.1
     while True:
         try:
@@ -202,13 +199,13 @@ def forward_pending(limit: int = 20, *, force: bool = False) -> tuple[int, int]:
     """Send up to ``limit`` claimable messages. Returns (sent, failed).
 
     ``force`` (the CLI) also retries rows waiting for their back-off or past
-    ``MAX_ATTEMPTS``, never a row another sender holds mid-send.
+    ``CONTACT_FORWARD_MAX_ATTEMPTS``, never a row another sender holds mid-send.
     """
     if not smtp_configured():
         return 0, 0
     query = select(ContactMessage.id).where(*claimable(utcnow(), force))
     if not force:
-        query = query.where(ContactMessage.forward_attempts < MAX_ATTEMPTS)
+        query = query.where(ContactMessage.forward_attempts < mail().max_attempts)
     row_ids = db.session.scalars(query.order_by(ContactMessage.id).limit(limit)).all()
     sent = failed = 0
     for row_id in row_ids:

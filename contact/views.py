@@ -6,6 +6,7 @@ The request never talks SMTP: a worker's ``forward_contact`` job sends the store
 from flask import Blueprint, current_app, flash, redirect, render_template, url_for
 
 from extensions import db, limiter
+from settings import settings_of
 
 from .forms import ContactForm
 from .mailer import reserve, smtp_configured
@@ -15,7 +16,7 @@ bp = Blueprint("contact", __name__)
 
 
 def contact_limit() -> str:
-    return current_app.config["CONTACT_RATE_LIMIT"]
+    return settings_of(current_app).mail.rate_limit
 
 
 @bp.get("/contact")
@@ -40,6 +41,6 @@ def contact_submit():
     # From here on nothing touches the database: the message is stored, so an outage
     # now must not answer "nothing was saved".
     if ticket is not None:
-        current_app.extensions["job_queue"].enqueue_contact(row_id, ticket)
+        current_app.extensions["tasks"].queue_contact(row_id, ticket)
     flash("Thank you: your message was received.", "success")
     return redirect(url_for("contact.contact_form"))

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import onnx_cache
+from . import conversion as converter
 from .batching import MicroBatcher
 from .errors import ModelUnavailable
 from .precision import DEFAULT_TOLERANCE, normalize_precision, normalize_tolerance, serve_fp16
-from .registry import ModelCard, ModelEntry, check_output_width
+from .registry import ModelEntry
+from .cards import ModelCard, check_output_width
 from .runners import (KerasGraphBackend, ModelLoadError, OnnxBackend, Runner,
                       load_keras_model, normalize_backend, onnx_supported, short_error)
 from .runtime import release_freed_memory, resident_memory_mb
@@ -48,7 +49,7 @@ class LoadedModel:
     memory_mb: float
     gate: threading.Semaphore = field(default_factory=lambda: threading.BoundedSemaphore(1))
     threads: int = 0
-    conversion: onnx_cache.ConversionReport | None = None
+    conversion: converter.ConversionReport | None = None
     card_error: str | None = None  # the card does not fit this model's output
     declined_onnx: object = None  # a conversion auto found slower: not reopened
     _keras_model: object = None
@@ -195,8 +196,8 @@ class ModelCache:
 
     def onnx_file(self, entry: ModelEntry):
         """The checked conversion of ``entry``'s current bytes, or None."""
-        digest = onnx_cache.file_sha256(entry.path)
-        return onnx_cache.find_verified_onnx(entry.path, digest, self.onnx_cache_dir)
+        digest = converter.file_sha256(entry.path)
+        return converter.find_verified_onnx(entry.path, digest, self.onnx_cache_dir)
 
     def _open_onnx(self, entry: ModelEntry):
         """``(runner, report)`` from the conversion, when there is one that should serve."""
@@ -208,7 +209,7 @@ class ModelCache:
         except Exception as exc:  # noqa: BLE001 - a broken cache file: fall back to Keras
             log.warning("cannot open %s (%s): serving with Keras", path.name, short_error(exc))
             return None, None
-        report = onnx_cache.report_of(runner)
+        report = converter.report_of(runner)
         if not self._wants_onnx(report):
             return None, None
         if self.precision == "fp16":

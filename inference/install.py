@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .onnx_cache import file_sha256, folder_lock
+from .conversion import file_sha256, folder_lock
 from .ood import profile_path
 from .recognise import from_layers, from_name, layer_names
-from .registry import (ARCHITECTURES, MODALITIES, ModelCard, check_output_width,
-                       default_card, discover, model_relpath)
+from .registry import ARCHITECTURES, MODALITIES, default_card, discover, model_relpath
+from .cards import ModelCard, check_output_width
 from .sources import (PUBLISHED, Candidate, InstallError, gather, is_url,
                       published_metrics)
 
@@ -189,7 +189,7 @@ def conversions(model_path: Path, cache_dir: str | None) -> list[Path]:
 def prepare(service, modality: str, arch: str, echo=print) -> str:
     """Convert the placed model for ONNX Runtime through the service; say how it is
     served. A refused or failed conversion leaves it served by Keras."""
-    from .onnx_cache import ConversionRefused
+    from .conversion import ConversionRefused
     from .runners import conversion_supported
 
     if not service.cache.uses_onnx:

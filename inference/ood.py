@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .onnx_cache import file_sha256
+from .conversion import file_sha256
 
 log = logging.getLogger(__name__)
 

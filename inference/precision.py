@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .onnx_cache import check_inputs, staged
+from .conversion import check_inputs, staged
 from .runners import OnnxBackend, short_error
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ from .errors import ModelUnavailable
 from .cache import LoadedModel, ModelCache
 from .image import DecodedImage
 from .preprocess import prepare
-from .registry import MODALITIES, ModelCard, ModelEntry, check_output_width, entries_for
+from .registry import MODALITIES, ModelEntry, modality_of_dicom, select_entries
+from .cards import ModelCard, check_output_width
 from .sanity import sanity_warnings
 
 log = logging.getLogger(__name__)
@@ -155,28 +156,12 @@ def combine(results: list[ModelResult]) -> Ensemble | None:
                     len(results), round(margin, 6) + 0.0)
 
 
-def select_entries(entries: list[ModelEntry], modality: str, architecture: str
-                   ) -> list[ModelEntry]:
-    """The slots a request asks for; 503 when none of them is installed."""
-    if architecture == "all":
-        chosen = [e for e in entries_for(entries, modality) if e.available]
-        if not chosen:
-            missing = ", ".join(e.expected_relpath for e in entries_for(entries, modality))
-            raise ModelUnavailable(
-                f"No {MODALITIES[modality].label} model is installed: put one of "
-                f"{missing} under the model folder."
-            )
-        return chosen
-    return [next(e for e in entries if e.key == (modality, architecture))]
-
-
 def modality_warnings(decoded: DecodedImage, modality: str) -> list[str]:
     """Warn (never reject) when a DICOM file says it is another modality."""
     found = decoded.dicom_modality
     if not found:
         return []
-    expected = {"ct": {"CT"}, "xray": {"CR", "DX", "DR", "RG"}}[modality]
-    if found in expected:
+    if modality_of_dicom(found, modality):
         return []
     return [f"The DICOM file says its modality is {found}, but {MODALITIES[modality].label} "
             f"was chosen: check the choice."]

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import onnx_cache
+from . import conversion
 from .registry import ModelEntry, discover
 from .runners import KerasGraphBackend, conversion_supported, load_keras_model
 
@@ -38,14 +38,14 @@ INTERRUPTED = (-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)
 
 
 def failure_note(entry_path: Path, digest: str, cache_dir: str | None) -> Path:
-    target = onnx_cache.onnx_path_for(entry_path, digest, cache_dir)
+    target = conversion.onnx_path_for(entry_path, digest, cache_dir)
     return target.with_suffix(".failed")
 
 
 def converting_note(entry_path: Path, digest: str, cache_dir: str | None) -> Path:
     """Holds the pid of the process converting these bytes, so every worker can say
     ``converting``; a note whose process is gone means nothing."""
-    return onnx_cache.onnx_path_for(entry_path, digest, cache_dir).with_suffix(".converting")
+    return conversion.onnx_path_for(entry_path, digest, cache_dir).with_suffix(".converting")
 
 
 def _held_by_live_process(note: Path) -> bool:
@@ -64,17 +64,17 @@ def convert_entry(entry: ModelEntry, cache_dir: str | None = None, threads: int 
     for the CLI and the preparation child alike."""
     from .preprocess import prepare
 
-    digest = onnx_cache.file_sha256(entry.path)
-    existing = onnx_cache.find_verified_onnx(entry.path, digest, cache_dir)
+    digest = conversion.file_sha256(entry.path)
+    existing = conversion.find_verified_onnx(entry.path, digest, cache_dir)
     if existing is not None and not force:
         from .runners import OnnxBackend
 
-        report = onnx_cache.report_of(OnnxBackend(existing, threads))
+        report = conversion.report_of(OnnxBackend(existing, threads))
         if report is not None:
             return existing, report, False
     model, _ = load_keras_model(entry.path, threads)
     runner = KerasGraphBackend(model, entry.card.input_size)
-    path, report = onnx_cache.convert_to_onnx(
+    path, report = conversion.convert_to_onnx(
         runner, entry.path, digest, cache_dir, threads,
         preprocess=lambda image: prepare(image, entry.card))
     failure_note(entry.path, digest, cache_dir).unlink(missing_ok=True)
@@ -120,8 +120,8 @@ class Preparer:
 
     def status(self, entry: ModelEntry) -> str:
         """``ready``, ``converting``, ``waiting`` or ``failed: reason``."""
-        digest = onnx_cache.file_sha256(entry.path)
-        if onnx_cache.find_verified_onnx(entry.path, digest, self.cache_dir):
+        digest = conversion.file_sha256(entry.path)
+        if conversion.find_verified_onnx(entry.path, digest, self.cache_dir):
             return "ready"
         note = failure_note(entry.path, digest, self.cache_dir)
         if note.is_file():
@@ -158,13 +158,13 @@ class Preparer:
 
     def _prepare(self, entry: ModelEntry) -> bool:
         """Convert ``entry`` in a child if no other process is converting (else False)."""
-        with onnx_cache.folder_lock(self.model_dir, blocking=False) as taken:
+        with conversion.folder_lock(self.model_dir, blocking=False) as taken:
             if not taken:
                 return False
             if self.status(entry) != "waiting":  # another worker finished it meanwhile
                 return True
             self.converting = str(entry.path)
-            note = converting_note(entry.path, onnx_cache.file_sha256(entry.path),
+            note = converting_note(entry.path, conversion.file_sha256(entry.path),
                                    self.cache_dir)
             try:
                 with contextlib.suppress(OSError):  # the note only informs other workers
@@ -177,7 +177,7 @@ class Preparer:
         return True
 
     def _run_child(self, entry: ModelEntry) -> None:
-        digest = onnx_cache.file_sha256(entry.path)
+        digest = conversion.file_sha256(entry.path)
         command = [sys.executable, "-m", "inference.preparation", str(self.model_dir),
                    entry.modality, entry.architecture, "--threads", str(self.threads),
                    "--parent", str(os.getpid())]
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         convert_entry(entry, args.cache_dir, args.threads)
-    except onnx_cache.ConversionRefused as exc:
+    except conversion.ConversionRefused as exc:
         print(str(exc), file=sys.stderr)
         return 3
     except Exception as exc:  # noqa: BLE001 - the parent records the reason

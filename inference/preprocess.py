@@ -20,7 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UnsupportedImage, UnusableImage
 from .image import DecodedImage, check_size, gray_to_rgb, stretch_to_uint8
-from .registry import ARCHITECTURES, ModelCard
+from .registry import ARCHITECTURES
+from .cards import ModelCard
 
 DEFAULT_MAX_PIXELS = 50_000_000
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")

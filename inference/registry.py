@@ -8,13 +8,13 @@ card beside each file. Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
-import json
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from .errors import InvalidRequest
+from .cards import ModelCard
+from .errors import InvalidRequest, ModelUnavailable
 
 
 @dataclass(frozen=True)
@@ -42,18 +42,16 @@ class Modality:
     label: str  # shown to people
     file_tag: str  # "CT" / "CXR" in file names
     published: tuple[str, ...]  # architectures released with the original work
+    dicom: frozenset[str]  # DICOM Modality (0008,0060) values of its images
 
 
 MODALITIES: dict[str, Modality] = {
-    "ct": Modality("ct", "CT scan", "CT", ("vgg16", "vgg19", "inceptionv3")),
-    "xray": Modality("xray", "Chest X-ray", "CXR", ("vgg16", "vgg19", "resnet50")),
+    "ct": Modality("ct", "CT scan", "CT", ("vgg16", "vgg19", "inceptionv3"),
+                   frozenset({"CT"})),
+    "xray": Modality("xray", "Chest X-ray", "CXR", ("vgg16", "vgg19", "resnet50"),
+                     frozenset({"CR", "DX", "DR", "RG"})),
 }
 MODALITY_ALIASES = {"cxr": "xray", "x-ray": "xray", "ct": "ct", "xray": "xray"}
-
-DEFAULT_CLASSES = ("NonCOVID", "COVID")
-PREPROCESSING_CHOICES = ("rescale", "imagenet")
-RESIZE_CHOICES = ("bilinear", "nearest", "bicubic", "area", "lanczos")
-
 
 def normalize_modality(value: str | None) -> str:
     """Map user input (``ct``, ``xray``, ``cxr``...) to a modality key or raise 400."""
@@ -78,6 +76,41 @@ def normalize_architecture(value: str | None, allow_all: bool = True) -> str:
     return key
 
 
+class ModelChoice(NamedTuple):
+    """One ``modality:model`` item of a setting; modality None means both."""
+
+    modality: str | None
+    model: str  # an architecture or "all"
+
+
+def parse_model_choices(text: str | None) -> list[ModelChoice]:
+    """``"ct:all,xray:resnet50"``, ``"xray"`` or ``"all"`` (``;`` separates too) ->
+    choices; a bad item raises InvalidRequest, so a setting fails at start."""
+    choices = []
+    for item in (text or "").replace(";", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.lower() == "all":
+            choices.append(ModelChoice(None, "all"))
+            continue
+        modality, _, model = item.partition(":")
+        choices.append(ModelChoice(normalize_modality(modality),
+                                   normalize_architecture(model or "all")))
+    return choices
+
+
+def per_modality(choices: list[ModelChoice]) -> list[ModelChoice]:
+    """The choices with "both modalities" spelled out, one choice per modality."""
+    return [ModelChoice(key, choice.model) for choice in choices
+            for key in ([choice.modality] if choice.modality else list(MODALITIES))]
+
+
+def modality_of_dicom(dicom_modality: str | None, modality: str) -> bool:
+    """Whether a DICOM Modality value is one of this modality's image kinds."""
+    return dicom_modality in MODALITIES[modality].dicom
+
+
 def model_filename(arch: str, modality: str) -> str:
     return f"{ARCHITECTURES[arch].name}_{MODALITIES[modality].file_tag}_model.h5"
 
@@ -85,122 +118,6 @@ def model_filename(arch: str, modality: str) -> str:
 def model_relpath(arch: str, modality: str) -> str:
     """Where the published layout puts the file, relative to ``MODEL_DIR``."""
     return f"{arch}/{model_filename(arch, modality)}"
-
-
-def covid_positions(classes) -> list[int]:
-    """Indices of the class names that mean COVID (``COVID``, ``covid-19``, ``positive``)."""
-    names = ("".join(ch for ch in str(name).lower() if ch.isalnum()) for name in classes)
-    return [i for i, name in enumerate(names) if name in ("covid", "covid19", "positive")]
-
-
-def _classes(value) -> tuple[str, ...]:
-    """At least two unique names in output order, exactly one of them COVID."""
-    if value is None:
-        return DEFAULT_CLASSES
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ValueError(f"classes must be a list of names, not {value!r}")
-    if len(value) < 2 or len(set(value)) != len(value):
-        raise ValueError(f"classes must be at least 2 unique names, not {value!r}")
-    found = covid_positions(value)
-    if len(found) != 1:
-        raise ValueError(f"classes must name COVID exactly once (COVID, COVID-19 or "
-                         f"positive), not {value!r}")
-    return tuple(value)
-
-
-def _input_size(value) -> tuple[int, int]:
-    if value is None:
-        return (224, 224)
-    if (not isinstance(value, list) or len(value) != 2
-            or not all(type(v) is int and v >= 8 for v in value)):
-        raise ValueError(f"input_size must be [height, width], whole numbers of at least 8, "
-                         f"not {value!r}")
-    return (value[0], value[1])
-
-
-def _choice(name: str, value, choices: tuple[str, ...], default: str) -> str:
-    if value is None:
-        return default
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}: use one of {', '.join(choices)}")
-    return value
-
-
-def _threshold(value) -> float:
-    """A finite number strictly between 0 and 1: 0 or 1 would make one label unreachable."""
-    if type(value) not in (int, float) or not math.isfinite(value) or not 0 < value < 1:
-        raise ValueError(f"threshold must be a number between 0 and 1 (exclusive), "
-                         f"not {value!r}")
-    return float(value)
-
-
-def check_output_width(card: "ModelCard", width: int) -> str | None:
-    """Why the model's output does not fit the card's classes, or None when it does.
-
-    One sigmoid unit stands for two classes (it is the probability of ``classes[1]``).
-    """
-    if width == len(card.classes) or (width == 1 and len(card.classes) == 2):
-        return None
-    return (f"{len(card.classes)} classes ({', '.join(card.classes)}) are listed but the "
-            f"model gives {width} output{'s' if width != 1 else ''}")
-
-
-@dataclass
-class ModelCard:
-    """What a model expects and how it did. Defaults are the published ones."""
-
-    architecture: str
-    modality: str
-    classes: tuple[str, ...] = DEFAULT_CLASSES
-    input_size: tuple[int, int] = (224, 224)
-    preprocessing: str = "rescale"
-    resize: str = "bilinear"
-    threshold: float = 0.5
-    metrics: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def covid_index(self) -> int:
-        """Position of the COVID class in the model's output; a card must name it."""
-        found = covid_positions(self.classes)
-        if not found:
-            raise ValueError(f"no COVID class among {list(self.classes)!r}")
-        return found[0]
-
-    @classmethod
-    def load(cls, path: Path, arch: str, modality: str) -> "ModelCard":
-        """Read and check a card file (ValueError says what is wrong); missing keys fall
-        back to the published defaults, present ones must be valid."""
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("model card must be a JSON object")
-        known = {"architecture", "modality", "classes", "input_size", "preprocessing",
-                 "resize", "threshold", "metrics"}
-        return cls(
-            architecture=arch,
-            modality=modality,
-            classes=_classes(data.get("classes")),
-            input_size=_input_size(data.get("input_size")),
-            preprocessing=_choice("preprocessing", data.get("preprocessing"),
-                                  PREPROCESSING_CHOICES, "rescale"),
-            resize=_choice("resize", data.get("resize"), RESIZE_CHOICES, "bilinear"),
-            threshold=_threshold(data.get("threshold", 0.5)),
-            metrics=data.get("metrics") or {},
-            extra={k: v for k, v in data.items() if k not in known},
-        )
-
-    def to_json(self) -> dict:
-        return {
-            "architecture": self.architecture,
-            "modality": self.modality,
-            "classes": list(self.classes),
-            "input_size": list(self.input_size),
-            "preprocessing": self.preprocessing,
-            "resize": self.resize,
-            "threshold": self.threshold,
-            "metrics": self.metrics,
-            **self.extra,
-        }
 
 
 @dataclass
@@ -299,3 +216,41 @@ def entries_for(entries: list[ModelEntry], modality: str) -> list[ModelEntry]:
     published = MODALITIES[modality].published
     return [e for e in entries
             if e.modality == modality and (e.available or e.architecture in published)]
+
+
+def chosen(entries: list[ModelEntry], modality: str | None, model: str = "all"
+           ) -> list[ModelEntry]:
+    """Installed slots of one modality (None: both) and one architecture (or all)."""
+    return [e for e in entries if e.available and modality in (None, e.modality)
+            and model in ("all", e.architecture)]
+
+
+def select_entries(entries: list[ModelEntry], modality: str, model: str
+                   ) -> list[ModelEntry]:
+    """The slots a request or a study asks for: with ``all`` the installed ones (none is
+    ModelUnavailable, naming the files to put in place), else that one slot."""
+    if model == "all":
+        found = chosen(entries, modality)
+        if not found:
+            missing = ", ".join(e.expected_relpath for e in entries_for(entries, modality))
+            raise ModelUnavailable(f"No {MODALITIES[modality].label} model is installed: "
+                                   f"put one of {missing} under the model folder.")
+        return found
+    return [next(e for e in entries if e.key == (modality, model))]
+
+
+def check_usable(entries: list[ModelEntry], modality: str, model: str) -> None:
+    """Refuse a study at once when its model is not there (not after it queued)."""
+    shown = entries_for(entries, modality)
+    slot = [e for e in shown if model in ("all", e.architecture)]
+    if any(e.available and not e.card_error for e in slot):
+        return
+    if model == "all" or not slot:
+        wanted = ", ".join(e.expected_relpath for e in shown) or "a model file"
+        raise ModelUnavailable(f"No model is installed for this modality: put one of "
+                               f"{wanted} under the model folder.")
+    entry = slot[0]
+    if entry.card_error:
+        raise ModelUnavailable(f"The model card {entry.card_error} is invalid.")
+    raise ModelUnavailable(f"The {entry.display_name} model for {modality} is not "
+                           f"installed: put {entry.expected_relpath} under the model folder.")

@@ -11,7 +11,7 @@ from pathlib import Path
 from .cache import LoadedModel, ModelCache
 from .image import DecodedImage
 from .ood import profile_path
-from .onnx_cache import folder_lock
+from .conversion import folder_lock
 from .precision import DEFAULT_TOLERANCE
 from .predict import Prediction, predict
 from .preparation import Preparer, convert_entry

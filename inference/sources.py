@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from .download import DownloadFailed, fetch_url, partial_path
-from .onnx_cache import file_sha256
+from .conversion import file_sha256
 
 PUBLISHED = {
     "published-ct": ("ct", "https://drive.google.com/drive/folders/"

@@ -9,6 +9,8 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from .worker import run_consumer
+
 
 def broker_name(url: str | None) -> str:
     """The broker without its credentials, for the console."""
@@ -24,8 +26,6 @@ def broker_name(url: str | None) -> str:
 @with_appcontext
 def worker_command(threads: int) -> None:
     """Run a worker until stopped (Ctrl+C or SIGTERM)."""
-    from .worker import run_consumer
-
-    app = current_app._get_current_object()
-    click.echo(f"worker: taking study jobs from {broker_name(app.config.get('BROKER_URL'))}")
-    run_consumer(app, workers=max(1, threads))
+    queue = current_app.extensions["job_queue"]
+    click.echo(f"worker: taking study jobs from {broker_name(queue.settings.broker_url)}")
+    run_consumer(queue, workers=max(1, threads))

@@ -4,20 +4,22 @@ Without ``BROKER_URL`` the queue is a SQLite file in the instance folder and eac
 process runs an embedded worker thread, so ``make run`` needs no server. With
 ``FLASK_BROKER_URL=redis://...`` the queue lives in Redis and ``flask worker``
 processes, on any machine, take the jobs. Either way the job is the same function, and
-the database, not the queue, is the truth about a study: a lost message or a killed
-worker is repaired by ``housekeeping`` (see ``studies.store.stale_studies``).
+the database, not the queue, is the truth about a job: a lost message or a killed
+worker is repaired by each domain's housekeeping, which workers run as ``loops``.
 """
 
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import threading
+from dataclasses import dataclass
+from typing import Callable
 
 from huey import PriorityRedisHuey, SqliteHuey
 
-log = logging.getLogger(__name__)
+from .retry import enqueue_or_defer
+from .worker import EmbeddedWorker
 
 
 def make_huey(broker_url: str | None, instance_path: str):
@@ -43,52 +45,52 @@ def make_huey(broker_url: str | None, instance_path: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def enqueue_or_defer(what: str, task, *args) -> bool:
-    """Queue ``task(*args)``; a broker that is down only delays it, because the job's
-    row is already stored and housekeeping queues it again. False when it was not."""
-    try:
-        task(*args)
-    except Exception as exc:  # noqa: BLE001 - the row is stored; it will be found
-        log.warning("could not queue %s (%s); it will be queued again", what,
-                    type(exc).__name__)
-        return False
-    return True
+@dataclass(frozen=True)
+class QueueSettings:
+    broker_url: str | None
+    embedded: bool  # a worker thread in each web process (no broker only)
+    poll_s: float  # an idle worker looks this often
+    sweep_s: float  # housekeeping's interval
+    backoff_max_s: float  # a loop failing again and again waits at most this long
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A job every worker runs now and then, outside the queue (housekeeping, polls)."""
+
+    name: str
+    interval_s: float
+    job: Callable[[], int]
 
 
 class JobQueue:
-    """``init_app`` builds the queue from config and registers the app's jobs."""
+    """The queue of one app: domains register their jobs on it, and it knows none of
+    them. Built by ``create_app`` from the queue settings."""
 
-    def __init__(self):
-        self.huey = None
-        self.embedded = False
-        self._app = None
+    def __init__(self, settings: QueueSettings, instance_path: str):
+        self.settings = settings
+        self.huey = make_huey(settings.broker_url, instance_path)
+        self.embedded = settings.embedded
+        self.loops: list[Loop] = []
+        self.on_worker_start: list[Callable[[], None]] = []  # e.g. model preparation
         self._wake = threading.Event()
-        self._worker: threading.Thread | None = None
+        self._worker = None
         self._start_lock = threading.Lock()
 
-    def init_app(self, app) -> None:
-        from .tasks import register_tasks
+    def task(self, name: str, priority: int | None = None):
+        """Register a job under a name every process agrees on (a decorator)."""
+        return self.huey.task(name=name, priority=priority)
 
-        self._app = app
-        self.huey = make_huey(app.config.get("BROKER_URL"), app.instance_path)
-        self.embedded = (not app.config.get("BROKER_URL")
-                         and bool(app.config.get("EMBEDDED_WORKER")))
-        self.tasks = register_tasks(self.huey, app)
-        app.extensions["job_queue"] = self
-        if self.embedded:
-            app.before_request(self.start_embedded_worker)
+    def every(self, name: str, interval_s: float, job: Callable[[], int]) -> None:
+        """Have every worker run ``job`` each ``interval_s`` seconds."""
+        self.loops.append(Loop(name, interval_s, job))
 
-    def enqueue_study(self, study_id: str) -> None:
-        """Queue a study; a broker that is down only delays it (housekeeping re-queues)."""
-        self._enqueue("a study", self.tasks.run_study, study_id)
-
-    def enqueue_contact(self, row_id: int, ticket: str) -> None:
-        """Queue a stored message's mail; the same repair as studies if the broker is down."""
-        self._enqueue("a contact message", self.tasks.forward_contact, row_id, ticket)
-
-    def _enqueue(self, what: str, task, *args) -> None:
-        enqueue_or_defer(what, task, *args)
+    def enqueue(self, what: str, task, *args) -> bool:
+        """Queue ``task(*args)``, waking the embedded worker; a broker that is down only
+        delays it (see ``enqueue_or_defer``)."""
+        queued = enqueue_or_defer(what, task, *args)
         self._wake.set()
+        return queued
 
     def start_embedded_worker(self) -> None:
         """Start this process's worker thread once (cheap on every later request)."""
@@ -96,9 +98,7 @@ class JobQueue:
             return
         with self._start_lock:
             if self._worker is None:
-                from .worker import EmbeddedWorker
-
-                self._worker = EmbeddedWorker(self.huey, self._app, self.tasks, self._wake)
+                self._worker = EmbeddedWorker(self, self._wake)
                 self._worker.start()
 
     def stop_embedded_worker(self, timeout: float = 30.0) -> None:

@@ -1,9 +1,8 @@
 """Workers: the embedded thread of a web process, and ``flask worker``'s consumer.
 
 Both take jobs from the same queue with Huey's own ``dequeue``/``execute`` (the
-consumer) and both run housekeeping every ``WORKER_SWEEP_S`` seconds, which queues
-again any study, contact mail or PACS write-back whose job was lost or whose worker
-died (and a mail or write-back whose retry time came), and purges expired studies.
+consumer) and both run the queue's ``loops`` (each domain's housekeeping, which queues
+again whatever job was lost or whose worker died, and the PACS poll) on threads.
 """
 
 from __future__ import annotations
@@ -14,26 +13,24 @@ import time
 
 from inference.errors import ServiceError
 
-from .backoff import doubling_delay
+from .retry import doubling_delay
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 600  # a loop failing again and again waits at most this long
-
 
 class Housekeeper(threading.Thread):
-    """Runs ``housekeeping`` now and then every ``interval`` seconds until stopped."""
+    """Runs ``job`` now and then every ``interval`` seconds until stopped."""
 
-    def __init__(self, housekeeping, interval: float, name: str = "study-housekeeping"):
+    def __init__(self, job, interval: float, name: str, backoff_max_s: float):
         super().__init__(name=name, daemon=True)
-        self.housekeeping, self.interval = housekeeping, interval
+        self.job, self.interval, self.backoff_max_s = job, interval, backoff_max_s
         self.stopping = threading.Event()
 
     def run(self) -> None:
         failures = 0
         while True:
             try:
-                self.housekeeping()
+                self.job()
                 failures = 0
             except ServiceError as exc:  # e.g. the PACS is down: said plainly, backed off
                 failures += 1
@@ -46,28 +43,26 @@ class Housekeeper(threading.Thread):
                 return
 
     def delay(self, failures: int) -> float:
-        """The interval, doubled per failure in a row up to ``MAX_BACKOFF_S``."""
-        return doubling_delay(self.interval, failures + 1, max(self.interval, MAX_BACKOFF_S))
+        """The interval, doubled per failure in a row up to the back-off maximum."""
+        return doubling_delay(self.interval, failures + 1,
+                              max(self.interval, self.backoff_max_s))
 
 
-def background_loops(app, tasks) -> list[Housekeeper]:
-    """Housekeeping, and the PACS poll when auto-analysis is on."""
-    loops = [Housekeeper(tasks.housekeeping, float(app.config["WORKER_SWEEP_S"]))]
-    if getattr(tasks.pacs_poll, "enabled", False):
-        loops.append(Housekeeper(tasks.pacs_poll, float(app.config["PACS_POLL_S"]),
-                                 name="pacs-poll"))
-    return loops
+def background_loops(queue) -> list[Housekeeper]:
+    """A thread for each of the queue's loops."""
+    return [Housekeeper(loop.job, loop.interval_s, loop.name, queue.settings.backoff_max_s)
+            for loop in queue.loops]
 
 
 class EmbeddedWorker(threading.Thread):
     """One job at a time inside a web process (the default: no broker, no server)."""
 
-    def __init__(self, huey, app, tasks, wake: threading.Event):
+    def __init__(self, queue, wake: threading.Event):
         super().__init__(name="embedded-worker", daemon=True)
-        self.huey, self.wake = huey, wake
+        self.huey, self.wake = queue.huey, wake
         self.stopping = threading.Event()
-        self.housekeepers = background_loops(app, tasks)
-        self.poll_s = float(app.config["EMBEDDED_POLL_S"])
+        self.housekeepers = background_loops(queue)
+        self.poll_s = queue.settings.poll_s
 
     def run(self) -> None:
         for loop in self.housekeepers:
@@ -92,17 +87,16 @@ class EmbeddedWorker(threading.Thread):
         self.join(timeout)
 
 
-def run_consumer(app, workers: int = 1) -> None:
-    """``flask worker``: Huey's consumer (signals handled) plus housekeeping."""
-    queue = app.extensions["job_queue"]
-    loops = background_loops(app, queue.tasks)
+def run_consumer(queue, workers: int = 1) -> None:
+    """``flask worker``: Huey's consumer (signals handled) plus the queue's loops."""
+    loops = background_loops(queue)
     for loop in loops:
         loop.start()
-    if app.config.get("PREPARE_MODELS"):
-        app.extensions["inference"].start_preparation()
+    for hook in queue.on_worker_start:
+        hook()
     consumer = queue.huey.create_consumer(workers=workers, worker_type="thread",
                                           periodic=False, initial_delay=0.1, backoff=1.15,
-                                          max_delay=float(app.config["EMBEDDED_POLL_S"]))
+                                          max_delay=queue.settings.poll_s)
     started = time.monotonic()
     try:
         consumer.run()

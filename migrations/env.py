@@ -1,6 +1,6 @@
 """Alembic's environment for the app's database, whichever engine the app configures.
 
-Run through Flask-Migrate (``flask db ...``) or ``web.schema`` at start, inside an
+Run through Flask-Migrate (``flask db ...``) or ``web.migrate`` at start, inside an
 app context. Logging is left to the app: Alembic's usual ``fileConfig`` would replace
 the app's (and gunicorn's) logging set-up.
 """
@@ -10,7 +10,7 @@ import logging
 from alembic import context
 from flask import current_app
 
-from web.schema import migration_lock
+from web.migrate import migration_lock
 
 config = context.config
 logger = logging.getLogger("alembic.env")

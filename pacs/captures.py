@@ -22,6 +22,7 @@ from .report_sr import RESEARCH_WARNING, SOFTWARE_NAME, image_title, source_head
 log = logging.getLogger(__name__)
 
 SC_DESCRIPTION = "LungScan AI heatmaps (research use only)"
+HEATMAP_SERIES_NUMBER = 9902  # this tool's heatmap series in a PACS study
 MIN_WIDTH = 512  # narrower heatmaps are enlarged so the captions stay legible
 MARGIN = 6
 BAND_COLOUR, TEXT_COLOUR = (0, 0, 0), (255, 255, 0)
@@ -32,7 +33,7 @@ _DIRECTIONS = (("L", "R"), ("P", "A"), ("H", "F"))
 def heatmap_captures(view: dict, evidence: list[pydicom.Dataset | None],
                      heatmaps: list[tuple[int, str, bytes]], software_version: str,
                      series_uid: str, uid_for: Callable[[int, str], str],
-                     series_number: int = 9902) -> list[pydicom.Dataset]:
+                     series_number: int = HEATMAP_SERIES_NUMBER) -> list[pydicom.Dataset]:
     """One RGB Secondary Capture per (image index, architecture, PNG) in a new series of
     the source study, each referencing the image it explains."""
     headers = [source_header(ds) for ds in evidence]

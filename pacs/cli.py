@@ -11,6 +11,11 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from inference.errors import ServiceError
+from settings import settings_of
+from studies import service as studies
+
+from . import writeback
+from .service import analyse, browse
 
 pacs_cli = AppGroup("pacs", help="Browse the configured PACS and analyse its studies.")
 
@@ -21,17 +26,14 @@ pacs_cli = AppGroup("pacs", help="Browse the configured PACS and analyse its stu
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_command(modality: str | None, limit: int, as_json: bool) -> None:
     """The PACS's studies, newest first (no patient fields)."""
-    from .client import client_from_config
-    from .service import browse
-
     try:
-        studies = browse(client_from_config(current_app.config), modality, limit=limit)
+        found = browse(settings_of(current_app).pacs.client(), modality, limit=limit)
     except ServiceError as exc:
         raise click.ClickException(exc.message) from None
     if as_json:
-        click.echo(json.dumps({"studies": studies}, indent=2))
+        click.echo(json.dumps({"studies": found}, indent=2))
         return
-    for study in studies:
+    for study in found:
         click.echo(f"{study['study_uid']}  {study['date'] or '-':10}  "
                    f"{','.join(study['modalities'] or []):8}  {study['series'] or '?':>3} series  "
                    f"{study['images'] or '?':>4} images  {study['description'] or ''}")
@@ -47,31 +49,26 @@ def list_command(modality: str | None, limit: int, as_json: bool) -> None:
 def analyse_command(study_uid: str, modality: str, model: str, explain: bool,
                     wait: bool) -> None:
     """Analyse a PACS study and write the answer back into it."""
-    from studies import service as studies
-    from studies.service import StudyConfig
-
-    from .client import client_from_config
-    from .service import analyse
-
     app = current_app._get_current_object()
+    settings = settings_of(app)
     try:
-        study_id = analyse(client_from_config(app.config), app.extensions["inference"],
+        study_id = analyse(settings.pacs.client(), app.extensions["inference"],
                            study_uid, modality, model, explain)
     except ServiceError as exc:
         raise click.ClickException(exc.message) from None
     queue = app.extensions["job_queue"]
-    queue.enqueue_study(study_id)
+    app.extensions["tasks"].queue_study(study_id)
     click.echo(f"study {study_id} queued")
     if not wait:
         return
     if queue.embedded:  # no separate worker in the embedded set-up: run it here
         queue.start_embedded_worker()
-    config = StudyConfig.from_mapping(app.config)
+    config = settings.studies
     while (view := studies.view(config, study_id))["status"] not in ("done", "failed"):
         time.sleep(1)
     if view["status"] == "failed":
         raise click.ClickException(view["error"]["message"])
-    while app.config.get("PACS_WRITE_BACK") and (
+    while settings.pacs.writes_back and (
             view := studies.view(config, study_id))["write_back"]["status"] == "pending":
         time.sleep(1)  # a failed write is retried in the background: said, not waited for
     click.echo(json.dumps({"verdict": view["verdict"], "written": view.get("written"),
@@ -83,14 +80,9 @@ def analyse_command(study_uid: str, modality: str, model: str, explain: bool,
 def write_back_command(study_id: str) -> None:
     """Write a finished study's answer into its PACS study now, in this process: after
     an outage, or once the automatic tries are used up. Exits non-zero on failure."""
-    from studies import service as studies
-    from studies.service import StudyConfig
-
-    from .jobs import SOFTWARE_VERSION
-    from .writes import attempt
-
     app = current_app._get_current_object()
-    config = StudyConfig.from_mapping(app.config)
+    settings = settings_of(app)
+    config = settings.studies
     try:
         view = studies.view(config, study_id, with_images=False)
     except ServiceError as exc:
@@ -104,7 +96,8 @@ def write_back_command(study_id: str) -> None:
     if view.get("written"):
         click.echo(f"already written ({len(view['written'])} instances)")
     else:
-        ok, outcome = attempt(app, study_id, SOFTWARE_VERSION)
+        ok, outcome = writeback.attempt(app.extensions["inference"], settings.pacs, config,
+                                        study_id)
         if not ok:
             raise click.ClickException(outcome)
         click.echo(outcome)

@@ -112,14 +112,6 @@ class PacsSettings:
         return _origin(self.url)
 
 
-def client_from_config(config: Mapping, environ: Mapping = os.environ) -> PacsClient:
-    """A client for the configured PACS, or :class:`PacsNotConfigured`."""
-    settings = PacsSettings.from_config(config, environ)
-    if settings is None:
-        raise PacsNotConfigured("No PACS is configured: set DICOMWEB_URL.")
-    return PacsClient(settings)
-
-
 class PacsClient:
     """QIDO-RS, WADO-RS and STOW-RS through dicomweb-client, with errors made plain."""
 
@@ -210,12 +202,6 @@ class PacsClient:
             codes = ", ".join(f"0x{reason:04X}" for reason in reasons)
             raise PacsError(f"The PACS at {self.settings.origin} refused {len(failed)} of "
                             f"{len(files)} instances (failure reason {codes}).")
-
-    def ping(self) -> None:
-        """Raise unless the server answers a DICOMweb search; cheap enough for /readyz."""
-        with self._errors():
-            found = self._dicomweb.search_for_studies(limit=1, fields=("StudyInstanceUID",))
-            [dicom_json.study_fields(item) for item in dicom_json.items(found)]
 
     @contextmanager
     def _errors(self):

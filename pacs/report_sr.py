@@ -37,6 +37,7 @@ if not any(isinstance(f, _NoSourceUIDs) for f in logging.getLogger("highdicom.ba
 SOFTWARE_NAME = "LungScan AI"
 RESEARCH_WARNING = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
 SR_DESCRIPTION = "LungScan AI COVID-19 report (research use only)"
+REPORT_SERIES_NUMBER = 9901  # this tool's report series in a PACS study
 
 SCHEME = "99LUNGSCAN"  # local codes where neither DCM nor SCT has one
 CODING_SCHEMES = [CodingSchemeIdentificationItem(
@@ -88,7 +89,7 @@ def image_title(position: int, image: dict) -> str:
 def structured_report(view: dict, evidence: list[pydicom.Dataset | None],
                       model_versions: dict[str, str], software_version: str,
                       series_uid: str, instance_uid: str,
-                      series_number: int = 9901) -> pydicom.Dataset:
+                      series_number: int = REPORT_SERIES_NUMBER) -> pydicom.Dataset:
     """A Comprehensive SR holding a TID 1500 Measurement Report of the study view."""
     if not view.get("verdict"):
         raise ValueError("the study has no verdict yet: only a finished study is reported")

@@ -3,14 +3,14 @@ study where it lives (a study job whose images a worker fetches)."""
 
 from __future__ import annotations
 
+from extensions import db
 from inference.registry import normalize_architecture, normalize_modality
 from studies.errors import StudyNotFound
-from studies.remote import create_remote_study
 from studies.service import check_models
 
-from .analysis import wanted
 from .client import PacsClient
-from .writer import SOFTWARE_NAME
+from .fetch import pacs_study, wanted
+from .report_sr import SOFTWARE_NAME
 
 PUBLIC_FIELDS = ("study_uid", "date", "description", "modalities", "series", "images")
 
@@ -39,4 +39,7 @@ def analyse(client: PacsClient, inference, study_uid: str, modality: str | None,
         kinds = sorted({i.get("modality") or "?" for i in instances})
         raise StudyNotFound(f"This PACS study holds no image of the chosen modality "
                             f"(it holds {', '.join(kinds)}).")
-    return create_remote_study("pacs", study_uid, modality_key, architecture, explain)
+    study = pacs_study(study_uid, modality_key, architecture, explain)
+    db.session.add(study)
+    db.session.commit()
+    return study.id

@@ -13,44 +13,25 @@ never images of a chosen modality, so they never start anything.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from extensions import db
-from inference.registry import normalize_architecture, normalize_modality
-from jobs.backoff import doubling_delay
+from inference.registry import MODALITIES, ModelChoice
+from jobs.retry import doubling_delay
+from settings import PacsConfig
 from studies.models import FAILED, Study, utcnow
-from studies.remote import remote_study
 from studies.store import new_study_id
 
-from .analysis import IMAGE_MODALITIES
 from .client import PacsClient
+from .fetch import pacs_study
 from .models import PacsArrival
 
 log = logging.getLogger(__name__)
 
 RETRY_CODES = {"pacs_unavailable", "pacs_timeout"}
-RETRY_FIRST_S, RETRY_MAX_S = 60, 3600
-
-
-@dataclass(frozen=True)
-class AutoRule:
-    modality: str  # ct or xray
-    model: str  # an architecture or all
-
-
-def parse_auto_analyse(text: str | None) -> list[AutoRule]:
-    """``"ct:all,xray:resnet50"`` -> rules; a bad entry is an error at start."""
-    rules = []
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        modality, _, model = part.partition(":")
-        rules.append(AutoRule(normalize_modality(modality), normalize_architecture(model)))
-    return rules
 
 
 def record(study_uid: str, modality: str, images: int) -> PacsArrival:
@@ -70,7 +51,7 @@ def record(study_uid: str, modality: str, images: int) -> PacsArrival:
     return db.session.get(PacsArrival, study_uid)
 
 
-def retry_unreachable() -> None:
+def retry_unreachable(config: PacsConfig) -> None:
     """Free arrivals whose analysis failed for want of the PACS, after a delay."""
     rows = db.session.execute(
         select(PacsArrival, Study.error_code).join(Study, Study.id == PacsArrival.study_id)
@@ -78,12 +59,13 @@ def retry_unreachable() -> None:
     now = utcnow()
     for arrival, code in rows:
         if code in RETRY_CODES:
-            delay = doubling_delay(RETRY_FIRST_S, arrival.attempts, RETRY_MAX_S)
+            delay = doubling_delay(config.arrival_retry_s, arrival.attempts,
+                                   config.arrival_retry_max_s)
             arrival.study_id, arrival.next_try_at = None, now + timedelta(seconds=delay)
     db.session.commit()
 
 
-def start(arrival: PacsArrival, rule: AutoRule, explain: bool) -> str | None:
+def start(arrival: PacsArrival, rule: ModelChoice, explain: bool) -> str | None:
     """Take the arrival (once across workers) and create its study; the study id."""
     study_id = new_study_id()
     taken = db.session.execute(
@@ -93,24 +75,24 @@ def start(arrival: PacsArrival, rule: AutoRule, explain: bool) -> str | None:
     if taken.rowcount != 1:
         db.session.rollback()
         return None
-    db.session.add(remote_study("pacs", arrival.study_uid, rule.modality, rule.model,
-                                explain, study_id=study_id))
+    db.session.add(pacs_study(arrival.study_uid, rule.modality, rule.model, explain,
+                              study_id=study_id))
     db.session.commit()
     return study_id
 
 
-def poll_once(client: PacsClient, rules: list[AutoRule], stable_s: float,
-              explain: bool = False) -> list[str]:
-    """One look at the PACS; the ids of the studies started."""
-    retry_unreachable()
-    started = []
-    for rule in rules:
-        for dicom_modality in sorted(IMAGE_MODALITIES[rule.modality]):
+def poll_once(client: PacsClient, config: PacsConfig) -> list[str]:
+    """One look at the PACS for studies the auto-analysis rules want; the ids of the
+    studies started."""
+    retry_unreachable(config)
+    started, stable_s = [], config.stable_s
+    for rule in config.auto_rules:
+        for dicom_modality in sorted(MODALITIES[rule.modality].dicom):
             for listed in client.studies(dicom_modality, limit=500):
                 arrival = record(listed["study_uid"], rule.modality, listed["images"] or 0)
                 now = utcnow()
                 ready = (arrival.study_id is None and arrival.next_try_at <= now
                          and now - arrival.changed_at >= timedelta(seconds=stable_s))
-                if ready and (study_id := start(arrival, rule, explain)):
+                if ready and (study_id := start(arrival, rule, config.explain)):
                     started.append(study_id)
     return started

@@ -21,24 +21,18 @@ from flask import current_app
 from inference.errors import (InvalidRequest, ModelUnavailable, ServiceError,
                               UnsupportedImage, UnusableImage)
 from inference.predict import (COVID, add_heatmap, add_ood_check, combine, image_warnings,
-                               run_prepared, select_entries)
+                               run_prepared)
 from inference.preprocess import decode_image, prepare
+from inference.registry import select_entries
 from inference.service import InferenceService
+from settings import StudySettings
 
 from . import store
-from .verdict import ImageAnswer, StudyRule, study_verdict
+from .verdict import ImageAnswer, study_verdict
 
 log = logging.getLogger(__name__)
 
-BATCH = 8  # images per forward pass: ONNX Runtime's batch throughput on the CPU
-AHEAD = 2 * BATCH  # images decoded ahead of the models
-
-
-@dataclass
-class Settings:
-    lease_s: float
-    rule: StudyRule
-    batch: int = BATCH
+AHEAD = 16  # images decoded ahead of the models (two batches of the default size)
 
 
 @dataclass
@@ -120,7 +114,7 @@ class BatchWriter:
 class StudyRun:
     """One worker's pass over one claimed study."""
 
-    def __init__(self, service: InferenceService, study, token: str, settings: Settings):
+    def __init__(self, service: InferenceService, study, token: str, settings: StudySettings):
         self.service, self.token, self.settings = service, token, settings
         # Plain values, not the database row: the helper threads read them, and a row's
         # attributes reload from its session (this thread's) after every commit.
@@ -251,7 +245,7 @@ class ImageSource(Protocol):
         """Store the study's images (once, under the claim); False if the claim was lost."""
 
 
-def process_study(service: InferenceService, study_id: str, settings: Settings,
+def process_study(service: InferenceService, study_id: str, settings: StudySettings,
                   source: ImageSource | None = None) -> str:
     """Claim and analyse a study; what happened, for the log (never patient data)."""
     token = store.claim(study_id, settings.lease_s)

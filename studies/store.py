@@ -87,12 +87,6 @@ def hold(study_id: str, token: str, lease_s: float, **values):
         .values(claimed_until=now + timedelta(seconds=lease_s), updated_at=now, **values))
 
 
-def renew(study_id: str, token: str, lease_s: float) -> bool:
-    held = hold(study_id, token, lease_s).rowcount == 1
-    db.session.commit()
-    return held
-
-
 def pending_indexes(study_id: str) -> list[int]:
     return list(db.session.scalars(
         select(StudyImage.index).where(StudyImage.study_id == study_id,

@@ -10,6 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from app import create_app  # noqa: E402
 from config import TestingConfig  # noqa: E402
+from settings import load_settings  # noqa: E402
 
 from .model_factory import install, scan_like_png, tiny_model  # noqa: E402
 
@@ -25,6 +26,12 @@ def testing_config(tmp_path, **overrides) -> dict:
 
 
 testing_config.__test__ = False  # a helper, not a test, despite its name
+
+
+def reconfigure(app, **changes) -> None:
+    """Change settings of a running app (as a restart with them would)."""
+    app.config.update(changes)
+    app.extensions["settings"] = load_settings(app.config)
 
 
 def run_queued_jobs(app) -> int:

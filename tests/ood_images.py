@@ -177,7 +177,7 @@ def served_distances(model_path: Path, images: list[bytes]) -> np.ndarray:
     decoded and prepared upload, pooled, against the profile beside the model."""
     from inference.ood import load_profile, pool_features, profile_path
     from inference.preprocess import decode_image, prepare
-    from inference.registry import ModelCard
+    from inference.cards import ModelCard
     from inference.runners import KerasGraphBackend, load_keras_model
 
     model, _ = load_keras_model(model_path)

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from app import create_app
-from inference import onnx_cache
+from inference import conversion
 from inference.cache import ModelCache
 from inference.preparation import convert_entry
+from inference.registry import parse_model_choices
 from inference.runners import OnnxBackend, conversion_supported
-from web.cli import parse_warm_models
 
 from .backend_helpers import ROOT, entry_for, onnx_files, random_batch, relative_to_peak
 from .backend_helpers import converted_dir_fixture, tiny_dir_fixture  # noqa: F401 - fixtures
@@ -46,9 +46,9 @@ def test_auto_keeps_keras_where_keras_measured_faster(converted_dir):
 
     [path] = onnx_files(converted_dir)
     proto = onnx.load(str(path))
-    report = onnx_cache.report_of(OnnxBackend(path))
+    report = conversion.report_of(OnnxBackend(path))
     report.keras_ms, report.onnx_ms = 1.0, 2.0
-    onnx.helper.set_model_props(proto, {onnx_cache.METADATA_KEY: json.dumps(report.to_json())})
+    onnx.helper.set_model_props(proto, {conversion.METADATA_KEY: json.dumps(report.to_json())})
     onnx.save(proto, str(path))
     entry = entry_for(converted_dir)
     cache = ModelCache(backend="auto")
@@ -169,9 +169,9 @@ def test_cli_compile_then_warm_serves_onnx(tiny_dir, tmp_path):
 
 
 def test_warm_models_setting_is_parsed():
-    assert parse_warm_models("") == []
-    assert parse_warm_models("all") == [(None, "all")]
-    assert parse_warm_models("ct:vgg16, xray") == [("ct", "vgg16"), ("xray", "all")]
+    assert parse_model_choices("") == []
+    assert parse_model_choices("all") == [(None, "all")]
+    assert parse_model_choices("ct:vgg16, xray") == [("ct", "vgg16"), ("xray", "all")]
 
 
 @pytest.mark.parametrize("workers", [None, 1, 2])

@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from inference.registry import ModelCard, check_output_width, discover
+from inference.registry import discover
+from inference.cards import ModelCard, check_output_width
 
 from .conftest import testing_config
 from .model_factory import constant_model, install, scan_like_png, tiny_model

@@ -23,7 +23,8 @@ import pytest
 from sqlalchemy import inspect, select
 
 from app import create_app
-from contact.mailer import MAX_ATTEMPTS, claim, forward_pending, reserve_due
+from config import Config
+from contact.mailer import claim, forward_pending, reserve_due
 from contact.models import ContactMessage, utcnow
 from extensions import db
 
@@ -191,7 +192,7 @@ def test_cli_forward_sends_waiting_and_given_up_messages(mail, apps):
     fresh, waiting, given_up, busy = (new_marker(i) for i in range(4))
     store(app, fresh)
     store(app, waiting, claimed_until=later, forward_attempts=1, last_error="OSError: x")
-    store(app, given_up, forward_attempts=MAX_ATTEMPTS, last_error="OSError: x")
+    store(app, given_up, forward_attempts=Config.CONTACT_FORWARD_MAX_ATTEMPTS, last_error="OSError: x")
     store(app, busy, claimed_until=later, claim_token="mid-send", forward_attempts=1)
     with app.app_context():
         assert forward_pending() == (1, 0)  # automatic: only the fresh one
@@ -241,7 +242,7 @@ def test_a_job_queued_twice_sends_once(mail, apps):
     marker = new_marker()
     assert app.test_client().post("/contact", data=fields(marker)).status_code == 302
     (row,) = rows(app)
-    forward = queue_of(app).tasks.forward_contact
+    forward = app.extensions["tasks"].contact.forward
     forward.call_local(row.id, row.claim_token)
     forward.call_local(row.id, row.claim_token)  # the same job again: already sent
     forward.call_local(row.id, "q-a-stale-ticket")
@@ -253,9 +254,10 @@ def test_a_job_queued_twice_sends_once(mail, apps):
 def test_a_mail_job_goes_ahead_of_queued_studies(apps):
     app = apps.new(EMBEDDED_WORKER=False)
     queue = queue_of(app)
+    tasks = app.extensions["tasks"]
     for number in range(3):
-        queue.enqueue_study(f"study-{number}")
-    queue.enqueue_contact(1, "q-ticket")
+        tasks.queue_study(f"study-{number}")
+    tasks.queue_contact(1, "q-ticket")
     assert queue.huey.dequeue().name == "forward_contact"
     assert queue.huey.dequeue().name == "run_study"
 
@@ -278,15 +280,15 @@ def test_a_message_whose_job_was_lost_is_queued_again(mail, apps, caplog):
     """The broker refuses the job: the visitor still gets the thank-you, the row keeps
     its reservation until the lease runs out, then housekeeping queues it again."""
     app = apps.new(CONTACT_FORWARD_LEASE_S=0.5)
-    tasks = queue_of(app).tasks
+    tasks = app.extensions["tasks"].contact
 
     def broker_down(*_args):
         raise ConnectionError("the broker is away")
 
-    original, tasks.forward_contact = tasks.forward_contact, broker_down
+    original, tasks.forward = tasks.forward, broker_down
     marker = new_marker()
     response = app.test_client().post("/contact", data=fields(marker))
-    tasks.forward_contact = original
+    tasks.forward = original
     assert response.status_code == 302
     assert "could not queue a contact message" in caplog.text
     assert wait_until(lambda: all_forwarded(app, 1))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from app import create_app
-from inference import onnx_cache
+from inference import conversion
 from inference.cache import ModelCache
-from inference.onnx_cache import ConversionRefused
+from inference.conversion import ConversionRefused
 from inference.preparation import convert_entry
 from inference.runners import (KerasGraphBackend, OnnxBackend, conversion_supported,
                                load_keras_model)
@@ -29,10 +29,10 @@ pytestmark = pytest.mark.skipif(not conversion_supported(),
 def test_conversion_matches_keras_and_is_named_by_file_hash(tiny_dir):
     entry = entry_for(tiny_dir)
     path, report, converted = convert_entry(entry)
-    digest = onnx_cache.file_sha256(entry.path)
+    digest = conversion.file_sha256(entry.path)
     assert converted
     assert path == entry.path.with_name(f"VGG16_CT_model.{digest[:16]}.v2.onnx")
-    assert onnx_cache.FORMAT == 2
+    assert conversion.FORMAT == 2
     assert report.source_sha256 == digest and report.max_abs_diff <= 1e-4
     assert report.keras_ms > 0 and report.onnx_ms > 0
     assert report.features  # the graph also returns the last feature map
@@ -42,7 +42,7 @@ def test_conversion_matches_keras_and_is_named_by_file_hash(tiny_dir):
     outputs, features = OnnxBackend(path).run(batch)
     np.testing.assert_allclose(outputs, keras_model.predict(batch, verbose=0), atol=1e-4)
     assert features.shape == (3, 30, 30, 4)  # the 3x3 "conv" layer's map
-    assert onnx_cache.report_of(OnnxBackend(path)) == report  # the check travels inside
+    assert conversion.report_of(OnnxBackend(path)) == report  # the check travels inside
 
 
 def test_full_size_architecture_converts_within_tolerance(tmp_path):
@@ -63,7 +63,7 @@ def test_conversion_outside_tolerance_is_refused_and_not_kept(tiny_dir):
     model, _ = load_keras_model(entry.path)
     runner = KerasGraphBackend(model, (32, 32))
     with pytest.raises(ConversionRefused, match="differ from Keras"):
-        onnx_cache.convert_to_onnx(runner, entry.path, onnx_cache.file_sha256(entry.path),
+        conversion.convert_to_onnx(runner, entry.path, conversion.file_sha256(entry.path),
                                    tolerance=-1.0)
     assert onnx_files(tiny_dir) == []  # neither the conversion nor its temporary file
 
@@ -81,7 +81,7 @@ def test_onnx_feature_maps_match_the_keras_graph(converted_dir):
     assert float(np.max(np.abs(want_maps))) > 0  # a map with something in it
     assert relative_to_peak(got_maps, want_maps) <= 1e-4
     np.testing.assert_allclose(got_outputs, want_outputs, atol=1e-4)
-    assert onnx_cache.compare(keras_runner, OnnxBackend(path), batch, "x", 1e-4) <= 1e-4
+    assert conversion.compare(keras_runner, OnnxBackend(path), batch, "x", 1e-4) <= 1e-4
 
 
 def test_compare_refuses_feature_maps_that_differ(converted_dir):
@@ -98,7 +98,7 @@ def test_compare_refuses_feature_maps_that_differ(converted_dir):
 
     batch = random_batch(n=2)
     with pytest.raises(ConversionRefused, match="feature maps differ"):
-        onnx_cache.compare(keras_runner, ShiftedMaps(), batch, "VGG16_CT_model.h5", 1e-4)
+        conversion.compare(keras_runner, ShiftedMaps(), batch, "VGG16_CT_model.h5", 1e-4)
 
 
 def test_changed_model_file_gets_a_new_conversion(converted_dir):
@@ -112,7 +112,7 @@ def test_changed_model_file_gets_a_new_conversion(converted_dir):
     keras_out = loaded.run_batch(batch)
     path, _, converted = convert_entry(entry)
     assert converted and path != first
-    assert path.name == f"VGG16_CT_model.{onnx_cache.file_sha256(entry.path)[:16]}.v2.onnx"
+    assert path.name == f"VGG16_CT_model.{conversion.file_sha256(entry.path)[:16]}.v2.onnx"
     assert onnx_files(converted_dir) == [path]  # the stale one is gone
     second = ModelCache(backend="auto").get(entry)
     assert second.backend_name == "onnx"

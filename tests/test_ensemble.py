@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from inference.predict import Prediction, combine, model_result
-from inference.registry import ModelCard
+from inference.cards import ModelCard
 
 from .conftest import testing_config
 from .model_factory import constant_model, install, scan_like_png

@@ -13,7 +13,7 @@ from PIL import Image
 from inference.explain import (ExplainError, build_gradcam, explain, find_target_path,
                                overlay)
 from inference.image import DecodedImage
-from inference.registry import ModelCard
+from inference.cards import ModelCard
 
 from .conftest import testing_config
 from .model_factory import APPLICATIONS, full_size_model, install, png_bytes

@@ -9,7 +9,7 @@ import pytest
 
 from app import create_app
 from inference.preprocess import decode_image, prepare
-from inference.registry import ModelCard
+from inference.cards import ModelCard
 
 from .conftest import testing_config
 from .model_factory import full_size_model, install, png_bytes

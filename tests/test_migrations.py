@@ -1,4 +1,4 @@
-"""Schema migrations (migrations/, web/schema.py) on SQLite and on a real PostgreSQL.
+"""Schema migrations (migrations/, web/migrate.py) on SQLite and on a real PostgreSQL.
 
 The revisions must build exactly the models' schema (Alembic's own comparison finds
 nothing to change), take over databases made before migrations existed without losing
@@ -25,7 +25,7 @@ from contact.models import ContactMessage
 from extensions import db
 from pacs.models import PacsArrival  # noqa: F401 - its table is one of the models'
 from studies.models import Study
-from web.schema import MIGRATIONS_DIR, auto_migrate, current_revision, head_revision
+from web.migrate import MIGRATIONS_DIR, auto_migrate, current_revision, head_revision
 
 from .conftest import testing_config
 from .postgres_server import needs_postgres, postgres_server

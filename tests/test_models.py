@@ -12,7 +12,8 @@ from inference.errors import ModelUnavailable
 from inference.cache import ModelCache
 from inference.predict import covid_probability
 from inference.preprocess import decode_image, prepare
-from inference.registry import ModelCard, discover
+from inference.registry import discover
+from inference.cards import ModelCard
 
 from .model_factory import install, png_bytes, tiny_model
 

@@ -15,7 +15,7 @@ import pytest
 
 from inference.ood import (FeatureProfile, ProfileStore, check, load_profile, profile_path,
                            save_profile)
-from inference.onnx_cache import file_sha256
+from inference.conversion import file_sha256
 from training.__main__ import main
 from training.profile import fit_profile
 

@@ -11,7 +11,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from extensions import db
-from pacs.client import client_from_config
+from settings import settings_of
 from studies.models import Study
 
 from .conftest import testing_config
@@ -86,7 +86,7 @@ def test_one_click_analysis_writes_a_report_and_heatmaps_back(pacs_app, orthanc)
     assert view["source"] == "pacs" and view["study_uid"] == study_uid
     assert [i["instance_number"] for i in view["images"]] == list(range(1, 7))
     view = wait_written(client, url)
-    pacs = client_from_config(pacs_app.config)
+    pacs = settings_of(pacs_app).pacs.client()
     report_entry = view["written"][0]
     report = pydicom.dcmread(io.BytesIO(pacs.retrieve(
         study_uid, report_entry["series_uid"], report_entry["sop_instance_uid"])))
@@ -110,10 +110,10 @@ def test_one_click_analysis_writes_a_report_and_heatmaps_back(pacs_app, orthanc)
     assert len(instances) == 6 + 1 + 18
 
     # Writing again replaces, never duplicates.
-    from pacs.analysis import write_back
+    from pacs.writeback import write_back
 
     with pacs_app.app_context():
-        write_back(pacs, pacs_app.extensions["inference"], view, "1.0")
+        write_back(pacs, pacs_app.extensions["inference"], view)
     assert len(pacs.instances(study_uid)) == 6 + 1 + 18
 
 

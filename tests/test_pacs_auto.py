@@ -4,13 +4,15 @@ restart), never the tool's own output, and a stopped PACS said plainly."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 
 from extensions import db
+from inference.registry import parse_model_choices
 from pacs import watch
-from pacs.client import client_from_config
 from pacs.models import PacsArrival
+from settings import settings_of
 from studies.models import Study
 
 from .conftest import testing_config
@@ -64,14 +66,14 @@ def test_a_new_study_is_analysed_once_and_written_back(tmp_path, tiny_model_dir,
         # The report now sits in the study (its count changed): nothing starts again.
         for _ in range(3):
             with app.app_context():
-                app.extensions["job_queue"].tasks.pacs_poll()
+                app.extensions["tasks"].pacs_poll()
         assert len(studies_for(app, study_uid)) == 1
     finally:
         app.extensions["job_queue"].stop_embedded_worker()
 
     # A restart (a new app on the same database) starts nothing either.
     again = auto_app(tmp_path, tiny_model_dir, orthanc)
-    assert again.extensions["job_queue"].tasks.pacs_poll() == 0
+    assert again.extensions["tasks"].pacs_poll() == 0
     assert len(studies_for(again, study_uid)) == 1
 
 
@@ -83,7 +85,7 @@ def test_several_pollers_start_each_study_once(tmp_path, tiny_model_dir, orthanc
 
     def poll(app):
         barrier.wait()
-        started.append(app.extensions["job_queue"].tasks.pacs_poll())
+        started.append(app.extensions["tasks"].pacs_poll())
 
     threads = [threading.Thread(target=poll, args=(app,)) for app in apps]
     for thread in threads:
@@ -99,7 +101,7 @@ def test_a_growing_study_waits_until_it_is_stable(tmp_path, tiny_model_dir, orth
                                                   instance_path):
     app = auto_app(tmp_path, tiny_model_dir, orthanc, PACS_STABLE_S=3600)
     upload_study(orthanc, ct_series(2, prefix="G"), "Still arriving")
-    assert app.extensions["job_queue"].tasks.pacs_poll() == 0
+    assert app.extensions["tasks"].pacs_poll() == 0
     with app.app_context():
         arrival = db.session.query(PacsArrival).one()
         assert arrival.study_id is None and arrival.images == 2
@@ -124,8 +126,9 @@ def test_a_stopped_pacs_is_said_plainly_everywhere(tmp_path, tiny_model_dir, ort
     assert "Traceback" not in page.get_data(as_text=True)
     with pytest.raises(Exception) as raised:
         with app.app_context():
-            watch.poll_once(client_from_config(app.config), watch.parse_auto_analyse(
-                "ct:vgg16"), stable_s=0)
+            rules = replace(settings_of(app).pacs, stable_s=0,
+                            auto_rules=tuple(parse_model_choices("ct:vgg16")))
+            watch.poll_once(rules.client(), rules)
     assert "cannot be reached" in str(raised.value)
     result = app.test_cli_runner().invoke(args=["pacs", "list"])
     assert result.exit_code != 0 and "cannot be reached" in result.output
@@ -140,7 +143,7 @@ def test_a_study_that_failed_for_want_of_the_pacs_is_tried_again_later(
 
     app = auto_app(tmp_path, tiny_model_dir, orthanc)
     study_uid = upload_study(orthanc, ct_series(2, prefix="R"), "Retried CT")
-    tasks = app.extensions["job_queue"].tasks
+    tasks = app.extensions["tasks"]
     assert tasks.pacs_poll() == 1
     with app.app_context():
         first = db.session.get(PacsArrival, study_uid).study_id

@@ -15,8 +15,9 @@ import pytest
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
 from inference.errors import InvalidRequest
-from pacs.client import (PacsClient, PacsError, PacsNotConfigured, PacsSettings, PacsTimeout,
-                         client_from_config)
+from config import Config
+from pacs.client import PacsClient, PacsError, PacsNotConfigured, PacsSettings, PacsTimeout
+from settings import pacs_settings
 
 from .dicom_factory import PATIENT_ID, PATIENT_NAME, to_bytes, xray_file
 from .orthanc_server import needs_orthanc, orthanc_server
@@ -205,7 +206,7 @@ def test_settings_take_credentials_only_from_the_environment():
     assert PacsSettings.from_config({"DICOMWEB_URL": ""}, {"DICOMWEB_TOKEN": TOKEN}) is None
     assert PacsSettings.from_config({}, {}) is None
     with pytest.raises(PacsNotConfigured):
-        client_from_config({"DICOMWEB_URL": None}, {})
+        pacs_settings({**vars(Config), "DICOMWEB_URL": None}, {}).client()
 
 
 @pytest.mark.parametrize("url, environ", [

@@ -16,12 +16,14 @@ import requests
 from sqlalchemy import update
 
 from extensions import db
-from jobs.backoff import doubling_delay
-from pacs import writes
+from jobs.retry import doubling_delay
+from pacs import writeback
 from pacs.client import PacsClient
-from studies.models import WRITE_MAX_ATTEMPTS, Study, utcnow
+from config import Config
+from settings import settings_of
+from studies.models import Study, utcnow
 
-from .conftest import run_queued_jobs, testing_config
+from .conftest import reconfigure, run_queued_jobs, testing_config
 from .orthanc_server import needs_orthanc, orthanc_server
 from .study_helpers import ct_series
 from .test_pacs_analysis import upload_study, wait_written
@@ -86,7 +88,7 @@ def series_in_pacs(orthanc, study_uid: str) -> dict[str, list[str]]:
 
 def sweep_until_queued(app, deadline_s: float = 60) -> int:
     """Housekeeping until it queues something (the retry's time must come first)."""
-    tasks, end = app.extensions["job_queue"].tasks, time.monotonic() + deadline_s
+    tasks, end = app.extensions["tasks"], time.monotonic() + deadline_s
     while (queued := tasks.housekeeping()) == 0:
         assert time.monotonic() < end, "housekeeping never queued the write-back"
         time.sleep(0.05)
@@ -159,7 +161,7 @@ def test_a_pacs_down_mid_write_is_written_by_housekeeping_once_it_is_back(
     assert len(captures) == 3 and {uid for modality, uids in in_pacs.items()
                                    if modality not in ("CT", "SR") for uid in uids} == {
         capture["sop_instance_uid"] for capture in captures}
-    assert app.extensions["job_queue"].tasks.housekeeping() == 0  # nothing left to do
+    assert app.extensions["tasks"].housekeeping() == 0  # nothing left to do
 
 
 @with_orthanc
@@ -207,32 +209,32 @@ def test_two_apps_sweeping_one_database_reserve_a_due_study_once(tmp_path, insta
         add_study("later", write_after=utcnow() + timedelta(hours=1))
         add_study("off", write_after=None)  # finished while write-back was off
         add_study("written", written=[{"sop_instance_uid": "1.2"}])
-        add_study("worn-out", write_attempts=WRITE_MAX_ATTEMPTS)
+        add_study("worn-out", write_attempts=Config.PACS_WRITE_MAX_ATTEMPTS)
         add_study("running", status="running")
         add_study("upload", source="upload", pacs_study_uid=None)
     seen = []
     for app in apps:  # both look before either reserves: the UPDATE decides
         with app.app_context():
-            seen.append(writes.due_ids())
+            seen.append(writeback.due_ids(settings_of(app).pacs))
     assert seen == [["due"], ["due"]]
     won = []
     for app in apps:
         with app.app_context():
-            won.append(writes.take("due", 60))
+            won.append(writeback.take("due", settings_of(app).pacs))
     assert won == [True, False]
     with apps[1].app_context():
-        assert writes.reserve_due(60) == []  # held until its lease ends
+        assert writeback.reserve_due(settings_of(apps[1]).pacs) == []  # held until its lease ends
 
     with apps[0].app_context():  # the lease ended (its job was lost)
         db.session.execute(update(Study).where(Study.id == "due")
                            .values(write_after=utcnow() - timedelta(seconds=1)))
         db.session.commit()
     # Two housekeeping sweeps at once (the job queue is one per process: the last app's).
-    queue, start, counts = apps[1].extensions["job_queue"], threading.Barrier(2), []
+    tasks, start, counts = apps[1].extensions["tasks"], threading.Barrier(2), []
 
     def sweep():
         start.wait()
-        counts.append(queue.tasks.housekeeping())
+        counts.append(tasks.housekeeping())
 
     threads = [threading.Thread(target=sweep) for _ in range(2)]
     for thread in threads:
@@ -240,14 +242,15 @@ def test_two_apps_sweeping_one_database_reserve_a_due_study_once(tmp_path, insta
     for thread in threads:
         thread.join(60)
     assert sorted(counts) == [0, 1]
-    assert [(task.name, task.args) for task in queue.huey.pending()] == [
+    pending = apps[1].extensions["job_queue"].huey.pending()
+    assert [(task.name, task.args) for task in pending] == [
         ("pacs_write_back", ("due",))]
 
 
 def test_the_retry_delay_doubles_up_to_an_hour():
-    assert [doubling_delay(60, n, writes.RETRY_CAP_S) for n in range(1, 9)] == [
+    assert [doubling_delay(60, n, Config.PACS_WRITE_RETRY_MAX_S) for n in range(1, 9)] == [
         60, 120, 240, 480, 960, 1920, 3600, 3600]
-    assert doubling_delay(60, 10_000, writes.RETRY_CAP_S) == 3600
+    assert doubling_delay(60, 10_000, Config.PACS_WRITE_RETRY_MAX_S) == 3600
 
 
 @with_orthanc
@@ -258,20 +261,20 @@ def test_after_the_last_try_housekeeping_leaves_it_and_the_command_writes_it(
     stop_at_store(monkeypatch, orthanc, call=1)
     run_queued_jobs(app)
     assert client.get(url).get_json()["write_back"]["attempts"] == 1
-    for attempts in range(2, WRITE_MAX_ATTEMPTS + 1):  # the PACS stays down
+    for attempts in range(2, Config.PACS_WRITE_MAX_ATTEMPTS + 1):  # the PACS stays down
         assert sweep_until_queued(app) == 1
         assert run_queued_jobs(app) == 1
         assert client.get(url).get_json()["write_back"]["attempts"] == attempts
     view = client.get(url).get_json()
     assert view["write_back"] == {
-        "status": "failed", "attempts": WRITE_MAX_ATTEMPTS, "next_try": None,
+        "status": "failed", "attempts": Config.PACS_WRITE_MAX_ATTEMPTS, "next_try": None,
         "error": f"The PACS at http://127.0.0.1:{orthanc.port} cannot be reached."}
     status, words = write_back_line(client, url)
     assert status == "failed" and "flask pacs write-back" in words
     row = study_row(app, url)
     while utcnow() <= row.write_after:  # past its time, yet out of automatic tries
         time.sleep(0.05)
-    assert app.extensions["job_queue"].tasks.housekeeping() == 0
+    assert app.extensions["tasks"].housekeeping() == 0
     assert run_queued_jobs(app) == 0
 
     runner = app.test_cli_runner()
@@ -284,7 +287,7 @@ def test_after_the_last_try_housekeeping_leaves_it_and_the_command_writes_it(
     assert "wrote 1 instances" in done.output
     view = client.get(url).get_json()
     assert view["write_back"]["status"] == "written" and view["write_back"]["error"] is None
-    assert view["write_back"]["attempts"] == WRITE_MAX_ATTEMPTS + 1
+    assert view["write_back"]["attempts"] == Config.PACS_WRITE_MAX_ATTEMPTS + 1
     assert view["written"][0]["sop_instance_uid"] in done.output
     assert series_in_pacs(orthanc, study_uid)["SR"] == [view["written"][0]["sop_instance_uid"]]
     again = runner.invoke(args=["pacs", "write-back", study_id])
@@ -305,8 +308,8 @@ def test_a_study_done_while_write_back_was_off_is_never_written_by_housekeeping(
                                   "next_try": None}
     assert write_back_line(client, url) == (
         "off", "PACS write-back: off: write-back was switched off when this study finished.")
-    app.config["PACS_WRITE_BACK"] = True  # switched on later: old studies stay as they are
-    assert app.extensions["job_queue"].tasks.housekeeping() == 0
+    reconfigure(app, PACS_WRITE_BACK=True)  # switched on later: old studies stay as they are
+    assert app.extensions["tasks"].housekeeping() == 0
     assert run_queued_jobs(app) == 0
     assert study_row(app, url).write_after is None
     assert "SR" not in series_in_pacs(orthanc, study_uid)
@@ -328,4 +331,4 @@ def test_an_unexpected_failure_is_recorded_by_its_type_only(
     assert write_back["status"] == "retrying" and write_back["attempts"] == 1
     assert write_back["error"] == "The write-back failed (RuntimeError)."
     assert "Testpatient" not in caplog.text and "RuntimeError" in caplog.text
-    assert app.extensions["job_queue"].tasks.housekeeping() == 0  # its hour has not come
+    assert app.extensions["tasks"].housekeeping() == 0  # its hour has not come

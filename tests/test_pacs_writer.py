@@ -16,8 +16,8 @@ from PIL import Image
 from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, generate_uid
 
 from pacs import captures as capture_module
-from pacs.writer import (RESEARCH_WARNING, SOFTWARE_NAME, heatmap_captures,
-                         structured_report)
+from pacs.captures import heatmap_captures
+from pacs.report_sr import RESEARCH_WARNING, SOFTWARE_NAME, structured_report
 
 from .dicom_factory import PATIENT_ID, PATIENT_NAME, new_dataset
 from .study_helpers import ct_series

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from app import create_app
-from inference import onnx_cache, preparation
+from inference import conversion, preparation
 from inference.preparation import Preparer, convert_entry, failure_note
 from inference.runners import conversion_supported
 
@@ -41,11 +41,11 @@ def test_a_model_dropped_in_is_converted_in_the_background_and_served_with_onnx(
     def no_conversion_here(*args, **kwargs):
         raise AssertionError("a conversion ran in the serving process")
 
-    monkeypatch.setattr(onnx_cache, "convert_to_onnx", no_conversion_here)
+    monkeypatch.setattr(conversion, "convert_to_onnx", no_conversion_here)
     service.preparer.poll_seconds = 3600  # it looks at start, then only when woken
     service.start_preparation()
     preparers.append(service.preparer)
-    with onnx_cache.folder_lock(model_dir):  # nothing converts until we have looked
+    with conversion.folder_lock(model_dir):  # nothing converts until we have looked
         install(tiny_model(seed=3), model_dir, "vgg16", "ct", CARD_32)
         assert models_rows(client)[("ct", "vgg16")]["preparation"] == "waiting"
     states = ["waiting"]
@@ -81,7 +81,7 @@ def test_a_failed_conversion_is_noted_and_not_tried_again(model_dir, launches, p
     status = wait_for(lambda: preparer.status(entry).startswith("failed: ")
                       and preparer.status(entry), "the failure note")
     assert "could not be read" in status and path.name in status
-    note = failure_note(path, onnx_cache.file_sha256(path), None)
+    note = failure_note(path, conversion.file_sha256(path), None)
     assert note.is_file() and note.name.endswith(".v2.failed")
     written = note.stat().st_mtime_ns
     looked = len(scans)
@@ -99,7 +99,7 @@ def test_models_api_shows_each_model_s_preparation(tmp_path, model_dir):
     install(tiny_model(seed=1), model_dir, "vgg16", "ct", CARD_32)
     convert_entry(entry_for(model_dir, "ct", "vgg16"))
     broken = write_corrupt_model(model_dir, "vgg19", "ct")
-    failure_note(broken, onnx_cache.file_sha256(broken), None).write_text(
+    failure_note(broken, conversion.file_sha256(broken), None).write_text(
         "ModelLoadError: VGG19_CT_model.h5 could not be read", "utf-8")
     install(tiny_model(seed=2), model_dir, "vgg16", "xray", CARD_32)
     app = create_app(testing_config(tmp_path, MODEL_DIR=str(model_dir)))

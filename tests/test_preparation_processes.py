@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from inference import onnx_cache
+from inference import conversion
 from inference.preparation import Preparer, failure_note
 from inference.runners import conversion_supported
 
@@ -185,7 +185,7 @@ def test_stopping_the_server_during_a_conversion_exits_cleanly(tmp_path, model_d
     server = start_server(root, model_dir, workers=1, env=env)
     try:
         path = install_atomically(model_dir, "vgg16", "ct", seed=9)
-        digest = onnx_cache.file_sha256(path)
+        digest = conversion.file_sha256(path)
         converter = wait_for_converter(server, model_dir)
         server.process.send_signal(signal.SIGTERM)  # the master: gunicorn's own stop
         assert_clean_exit(server, 0, converter)
@@ -203,9 +203,9 @@ def test_stopping_the_server_during_a_conversion_exits_cleanly(tmp_path, model_d
         leftover = path.with_name(f"{path.stem}.{digest[:16]}.v2.k1ll3d.tmp.onnx")
         leftover.write_bytes(b"what a killed conversion leaves")
         server = start_server(root, model_dir, workers=1, env=env)
-        wait_for(lambda: onnx_cache.find_verified_onnx(path, digest),
+        wait_for(lambda: conversion.find_verified_onnx(path, digest),
                  "the conversion after restart")
-        assert onnx_files(model_dir) == [onnx_cache.onnx_path_for(path, digest)]
+        assert onnx_files(model_dir) == [conversion.onnx_path_for(path, digest)]
         assert list(model_dir.rglob("*.tmp.onnx")) == []
         response = requests.post(server.url + "/api/v1/predict", timeout=60,
                                  data={"modality": "ct", "model": "vgg16"},

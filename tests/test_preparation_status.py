@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from inference import onnx_cache
+from inference import conversion
 from inference.preparation import Preparer, converting_note
 from inference.runners import conversion_supported
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not conversion_supported(),
 
 
 def note_for(entry):
-    return converting_note(entry.path, onnx_cache.file_sha256(entry.path), None)
+    return converting_note(entry.path, conversion.file_sha256(entry.path), None)
 
 
 def test_another_worker_sees_the_conversion_in_progress(tmp_path):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from inference.errors import UnsupportedImage, UnusableImage
 from inference.preprocess import decode_image, prepare, resize
-from inference.registry import ModelCard
+from inference.cards import ModelCard
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

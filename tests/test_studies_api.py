@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from extensions import db
 from studies.models import Study, StudyFile, StudyHeatmap, StudyImage
 
-from .conftest import testing_config
+from .conftest import reconfigure, testing_config
 from .dicom_factory import PATIENT_ID, PATIENT_NAME
 from .model_factory import scan_like_png
 from .study_helpers import ct_series, image_fields, submit, wait_for_study, zip_of
@@ -173,7 +173,8 @@ def test_no_patient_tag_reaches_the_results_the_csv_or_the_log(client, caplog):
 
 def test_results_expire_after_the_retention_time(tmp_path, tiny_model_dir, instance_path):
     from app import create_app
-    from studies.service import StudyConfig, housekeeping
+    from settings import settings_of
+    from studies.service import housekeeping
 
     app = create_app(testing_config(tmp_path, MODEL_DIR=str(tiny_model_dir),
                                     EMBEDDED_WORKER=True))
@@ -182,10 +183,10 @@ def test_results_expire_after_the_retention_time(tmp_path, tiny_model_dir, insta
         url = submit(client, modality="ct", model="vgg16", images=image_fields(
             [("a.png", scan_like_png())])).get_json()["url"]
         assert wait_for_study(client, url)["status"] == "done"
-        app.config["STUDY_RETENTION_HOURS"] = 1e-9  # every finished study is now past it
+        reconfigure(app, STUDY_RETENTION_HOURS=1e-9)  # every finished study is now past it
         assert client.get(url).status_code == 404
         with app.app_context():
-            _, purged = housekeeping(StudyConfig.from_mapping(app.config))
+            _, purged = housekeeping(settings_of(app).studies)
         assert purged == 1
         assert row_counts(app)["study_images"] == 0
     finally:

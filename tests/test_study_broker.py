@@ -71,9 +71,10 @@ def test_on_redis_a_mail_job_goes_ahead_of_queued_studies(tmp_path, instance_pat
     with redis_server(tmp_path) as broker:
         app = create_app(testing_config(tmp_path, BROKER_URL=broker))
         queue = app.extensions["job_queue"]
+        tasks = app.extensions["tasks"]
         for number in range(3):
-            queue.enqueue_study(f"study-{number}")
-        queue.enqueue_contact(1, "q-ticket")
+            tasks.queue_study(f"study-{number}")
+        tasks.queue_contact(1, "q-ticket")
         assert queue.huey.pending_count() == 4
         assert queue.huey.dequeue().name == "forward_contact"
         assert queue.huey.dequeue().name == "run_study"

@@ -10,7 +10,7 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
 from inference.preprocess import decode_image, prepare
-from inference.registry import ModelCard
+from inference.cards import ModelCard
 from training.__main__ import main
 from training.datasets import load_dataset
 from training.metrics import (choose_threshold, compute_metrics,

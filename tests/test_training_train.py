@@ -14,7 +14,8 @@ import pytest
 from inference.runners import load_keras_model
 from inference.predict import verdict
 from inference.preprocess import decode_image, prepare
-from inference.registry import ModelCard, discover
+from inference.registry import discover
+from inference.cards import ModelCard
 from training.__main__ import main
 from training.datasets import load_dataset
 from training.models import build_model, freeze_base, unfreeze_top

@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from inference.registry import ARCHITECTURES, PREPROCESSING_CHOICES, RESIZE_CHOICES
+from inference.registry import ARCHITECTURES
+from inference.cards import PREPROCESSING_CHOICES, RESIZE_CHOICES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.registry import DEFAULT_CLASSES
+from inference.cards import DEFAULT_CLASSES
 
 CLASSES = DEFAULT_CLASSES  # output order of every model: index 1 is COVID
 NON_COVID_INDEX, COVID_INDEX = 0, 1

@@ -15,7 +15,8 @@ import numpy as np
 
 from inference.runners import load_keras_model
 from inference.predict import covid_probability
-from inference.registry import ARCHITECTURES, MODALITY_ALIASES, ModelCard
+from inference.registry import ARCHITECTURES, MODALITY_ALIASES
+from inference.cards import ModelCard
 
 from .datasets import CLASSES, Dataset, load_dataset, parse_class_map, split_dataset
 from .metrics import classification_text, compute_metrics, predicted_labels

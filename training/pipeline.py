@@ -15,7 +15,7 @@ import numpy as np
 
 from inference.runtime import import_tensorflow
 from inference.preprocess import decode_image, prepare
-from inference.registry import ModelCard
+from inference.cards import ModelCard
 
 SHUFFLE_BUFFER = 512
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from inference.ood import FeatureProfile, pool_features, profile_path, save_profile
-from inference.onnx_cache import file_sha256
-from inference.registry import ModelCard
+from inference.conversion import file_sha256
+from inference.cards import ModelCard
 from inference.runners import KerasGraphBackend, load_keras_model
 
 from .datasets import load_dataset, parse_class_map

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from inference.runtime import import_tensorflow
-from inference.registry import ARCHITECTURES, MODALITY_ALIASES, ModelCard, model_relpath
+from inference.registry import ARCHITECTURES, MODALITY_ALIASES, model_relpath
+from inference.cards import ModelCard
 
 from .datasets import CLASSES, load_dataset, parse_class_map, split_dataset
 from .evaluate import score, write_report

@@ -1,19 +1,16 @@
 """JSON API: ``/api/v1/models``, ``/api/v1/predict``, ``/api/v1/openapi.json``."""
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from extensions import limiter
 from inference.errors import InvalidRequest
 
 from .openapi import openapi_document
+from .services import inference_service
 from .security import PREDICT_LIMIT_SCOPE, predict_limit, reject_repeated_api_fields
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(reject_repeated_api_fields)
-
-
-def inference_service():
-    return current_app.extensions["inference"]
 
 
 TRUE_VALUES, FALSE_VALUES = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}

@@ -5,43 +5,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
-
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
 from inference.errors import InvalidRequest, ModelUnavailable
-from inference.registry import (ARCHITECTURES, ModelEntry, normalize_architecture,
+from inference.registry import (ARCHITECTURES, ModelEntry, chosen, normalize_architecture,
                                 normalize_modality)
 
 models_cli = AppGroup("models", help="Install, inspect, convert and load the models.")
 
 
 def chosen_entries(service, modality: str | None, architecture: str = "all"
-                   ) -> Iterator[ModelEntry]:
+                   ) -> list[ModelEntry]:
     """Installed models of one modality (or both) and one architecture (or all)."""
-    modalities = [normalize_modality(modality)] if modality else ["ct", "xray"]
-    architecture = normalize_architecture(architecture)
-    for key in modalities:
-        for entry in service.entries_for(key):
-            if entry.available and architecture in ("all", entry.architecture):
-                yield entry
-
-
-def parse_warm_models(value: str) -> list[tuple[str | None, str]]:
-    """``WARM_MODELS``: ``all`` or comma-separated ``modality:architecture`` pairs."""
-    pairs = []
-    for item in (value or "").replace(";", ",").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item.lower() == "all":
-            pairs.append((None, "all"))
-            continue
-        modality, _, architecture = item.partition(":")
-        pairs.append((modality, architecture or "all"))
-    return pairs
+    return chosen(service.entries(), normalize_modality(modality) if modality else None,
+                  normalize_architecture(architecture))
 
 
 def warm_models(service, selection: list[tuple[str | None, str]], echo=None) -> int:
@@ -100,7 +79,7 @@ def compile_models(modality, architecture, force):
     serves it from its next request for that model. A running server also converts
     new models by itself in the background (PREPARE_MODELS).
     """
-    from inference.onnx_cache import ConversionRefused
+    from inference.conversion import ConversionRefused
     from inference.runners import conversion_supported
 
     if not conversion_supported():

@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 
 from extensions import limiter
 from pacs import service as pacs
-from pacs.client import client_from_config
+from settings import settings_of
 
 from .api import flag
 from .studies_api import study_rate_limit
@@ -16,7 +16,7 @@ bp = Blueprint("pacs_api", __name__, url_prefix="/api/v1/pacs")
 
 def pacs_client():
     """The configured server: no request can name another."""
-    return client_from_config(current_app.config)
+    return settings_of(current_app).pacs.client()
 
 
 def start_analysis(study_uid: str) -> str:
@@ -24,7 +24,7 @@ def start_analysis(study_uid: str) -> str:
     study_id = pacs.analyse(pacs_client(), current_app.extensions["inference"], study_uid,
                             request.form.get("modality"), request.form.get("model"),
                             flag("explain"))
-    current_app.extensions["job_queue"].enqueue_study(study_id)
+    current_app.extensions["tasks"].queue_study(study_id)
     return study_id
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, render_template
 
 from extensions import limiter
 from inference.errors import ServiceError
@@ -12,6 +12,7 @@ from inference.registry import ARCHITECTURES, MODALITIES
 from .errors import status_and_code
 from .forms import UploadForm
 from .report import report_data_uri, result_context
+from .services import inference_service
 from .security import PREDICT_LIMIT_SCOPE, predict_limit
 
 bp = Blueprint("pages", __name__)
@@ -30,10 +31,6 @@ def arch_name(key: str) -> str:
     """``inceptionv3`` -> ``InceptionV3``: the name people know the network by."""
     architecture = ARCHITECTURES.get(key)
     return architecture.name if architecture else key
-
-
-def inference_service():
-    return current_app.extensions["inference"]
 
 
 def model_slots() -> dict[str, list]:

@@ -6,19 +6,21 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from extensions import limiter
 from inference.errors import InvalidRequest
+from settings import StudySettings, settings_of
 from studies import service as studies
-from studies.service import StudyConfig
 
 from .api import flag
 
 bp = Blueprint("studies_api", __name__, url_prefix="/api/v1/studies")
 
-def study_config() -> StudyConfig:
-    return StudyConfig.from_mapping(current_app.config)
+
+
+def study_config() -> StudySettings:
+    return settings_of(current_app).studies
 
 
 def study_rate_limit() -> str:
-    return current_app.config["STUDY_RATE_LIMIT"]
+    return study_config().rate_limit
 
 
 def read_files() -> tuple[list[tuple[str | None, bytes]] | None, bytes | None]:
@@ -41,7 +43,7 @@ def submit_from_request() -> str:
     study_id = studies.submit(current_app.extensions["inference"], study_config(),
                               request.form.get("modality"), request.form.get("model"),
                               flag("explain"), uploads=images, archive=archive)
-    current_app.extensions["job_queue"].enqueue_study(study_id)
+    current_app.extensions["tasks"].queue_study(study_id)
     return study_id
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 
-from flask import (Blueprint, Response, current_app, flash, redirect, render_template,
+from flask import (Blueprint, Response, flash, redirect, render_template,
                    url_for)
 
 from extensions import limiter
@@ -63,12 +63,11 @@ def shared_warnings(images: list[dict]) -> list[str]:
 
 
 def render_form(form: StudyForm, error: str | None = None) -> str:
-    config = current_app.config
+    limits = study_config().limits
     return render_template("study_new.html", form=form, error=error, slots=model_slots(),
                            modalities=MODALITIES, image_accept=IMAGE_ACCEPT,
-                           archive_accept=ARCHIVE_ACCEPT,
-                           max_images=int(config["MAX_STUDY_IMAGES"]),
-                           max_mib=int(config["MAX_STUDY_BYTES"]) // (1024 * 1024))
+                           archive_accept=ARCHIVE_ACCEPT, max_images=limits.max_images,
+                           max_mib=limits.max_bytes // (1024 * 1024))
 
 
 @bp.get("/new")

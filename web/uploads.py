@@ -12,6 +12,8 @@ import typing as t
 
 from flask import Request, current_app, request
 
+from settings import settings_of
+
 
 class InMemoryUploadRequest(Request):
     """A ``flask.Request`` whose uploaded files live in ``BytesIO`` buffers."""
@@ -32,6 +34,6 @@ def allow_study_sized_bodies() -> None:
     """A study's body may be far larger than one image's (``MAX_STUDY_BYTES``, one part
     per image). Registered before CSRF protection, which is the first to read a form."""
     if request.endpoint in STUDY_UPLOAD_ENDPOINTS:
-        config = current_app.config
-        request.max_content_length = int(config["MAX_STUDY_BYTES"]) + BODY_SLACK
-        request.max_form_parts = int(config["MAX_STUDY_IMAGES"]) + FORM_PARTS_SLACK
+        limits = settings_of(current_app).studies.limits
+        request.max_content_length = limits.max_bytes + BODY_SLACK
+        request.max_form_parts = limits.max_images + FORM_PARTS_SLACK

@@ -24,12 +24,17 @@ PRIORITY = 10
 
 @dataclass
 class ContactTasks:
+    jobs: object  # the JobQueue
     forward: Callable[[int, str], object]  # calling it queues the job
     sweep: Callable[[], int]  # runs now, in the caller: messages queued again
 
+    def queue(self, row_id: int, ticket: str) -> bool:
+        """Queue a stored message's mail and wake the embedded worker."""
+        return self.jobs.enqueue("a contact message", self.forward, row_id, ticket)
 
-def register_contact_tasks(huey, app) -> ContactTasks:
-    @huey.task(name="forward_contact", priority=PRIORITY)
+
+def register_contact_tasks(queue, app) -> ContactTasks:
+    @queue.task("forward_contact", priority=PRIORITY)
     def forward_contact(row_id: int, ticket: str) -> None:
         with app.app_context():
             if not smtp_configured():  # switched off since it was queued: the row waits
@@ -48,4 +53,4 @@ def register_contact_tasks(huey, app) -> ContactTasks:
             log.info("%d contact messages queued to be forwarded", len(due))
         return len(due)
 
-    return ContactTasks(forward=forward_contact, sweep=sweep)
+    return ContactTasks(jobs=queue, forward=forward_contact, sweep=sweep)
