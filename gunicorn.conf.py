@@ -57,13 +57,15 @@ def post_worker_init(worker):
     """Start preparing models, the embedded study worker, and loading ``WARM_MODELS``,
     in the background: the worker answers meanwhile."""
     app = worker.wsgi
-    config = getattr(app, "config", {})
-    if config.get("PREPARE_MODELS"):
+    settings = getattr(app, "extensions", {}).get("settings")
+    if settings is None:  # not this project's app
+        return
+    if settings.inference.prepare:
         app.extensions["inference"].start_preparation()
-    queue = getattr(app, "extensions", {}).get("job_queue")
-    if queue is not None and queue.embedded:  # studies queued before a restart run now
+    queue = app.extensions["job_queue"]
+    if queue.embedded:  # studies queued before a restart run now
         queue.start_embedded_worker()
-    selection = config.get("WARM_MODELS")
+    selection = settings.inference.warm
     if not selection:
         return
 

@@ -141,7 +141,7 @@ def bare_onnx(model_dir: str, arch: str):
     """A call running the model's ONNX conversion on a preprocessed 512 x 512 PNG in a
     plain session with a worker's options (its threads, sequential, no spinning)."""
     from inference.conversion import file_sha256, find_verified_onnx
-    from inference.preprocess import decode_image, prepare
+    from inference.preprocess import decode_image, model_input
     from inference.registry import discover
     from inference.runners import OnnxBackend
     from tests.model_factory import png_bytes
@@ -150,7 +150,7 @@ def bare_onnx(model_dir: str, arch: str):
     session = OnnxBackend(find_verified_onnx(entry.path, file_sha256(entry.path)),
                           worker_threads()).session
     pixels = decode_image(png_bytes(size=(512, 512), seed=1)).pixels
-    feed = {session.get_inputs()[0].name: prepare(pixels, entry.card)[None, ...]}
+    feed = {session.get_inputs()[0].name: model_input(pixels, entry.card)[None, ...]}
     return lambda: session.run(None, feed)
 
 

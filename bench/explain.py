@@ -62,7 +62,7 @@ def bench_gradcam(archs, size: int, repeat: int) -> list[dict]:
     import tempfile
 
     from inference.explain import gradcam_for, head_gradcam_for
-    from inference.preprocess import prepare
+    from inference.preprocess import model_input
 
     rng = np.random.default_rng(0)
     upload = DecodedImage(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8), "PNG")
@@ -80,7 +80,7 @@ def bench_gradcam(archs, size: int, repeat: int) -> list[dict]:
                 explain_ms.append(result.explain_ms)
             loaded = service.load(entry)
             card = loaded.card
-            batch = prepare(upload.pixels, card)[None]
+            batch = model_input(upload.pixels, card)[None]
             whole = gradcam_for(loaded.keras_model, card.covid_index, card.input_size)
             _, features = loaded.run_with_features(batch)
             head = head_gradcam_for(loaded.keras_model, card.covid_index, card.input_size)

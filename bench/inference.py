@@ -126,7 +126,7 @@ def measure(arch: str, backend: str, folder: Path, runs: int, xla: bool) -> dict
     """One process, one model: load, first call, warm calls, batch of 8, memory."""
     from inference.cache import ModelCache
     from inference.predict import run_model
-    from inference.preprocess import decode_image, prepare
+    from inference.preprocess import decode_image, model_input
     from inference.registry import discover
     from inference.runtime import intra_op_threads, resident_memory_mb
     from tests.model_factory import png_bytes
@@ -140,13 +140,13 @@ def measure(arch: str, backend: str, folder: Path, runs: int, xla: bool) -> dict
     run_model(loaded, decoded)
     first_ms, rss_loaded = ms_since(started), resident_memory_mb()
 
-    one = prepare(decoded.pixels, entry.card)[None, ...]
+    one = model_input(decoded.pixels, entry.card)[None, ...]
     session, settings = bare_session(loaded, cache.onnx_file(entry))
     feed = {session.get_inputs()[0].name: one}
     session.run(None, feed)
     served, bare, preprocess = interleaved(
         [lambda: run_model(loaded, decoded), lambda: session.run(None, feed),
-         lambda: prepare(decoded.pixels, entry.card)], runs)
+         lambda: model_input(decoded.pixels, entry.card)], runs)
     eight = np.repeat(one, 8, axis=0)
     loaded.run_batch(eight)
     single, batched = interleaved([lambda: loaded.run_batch(one),

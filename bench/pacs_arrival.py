@@ -108,7 +108,7 @@ def main() -> None:
                                    "FLASK_PACS_STABLE_S": str(args.stable),
                                    "FLASK_PREPARE_MODELS": "false"})
         try:
-            database = root / "web" / "instance" / "contact.sqlite3"
+            database = root / "web" / "instance" / "lungscan.sqlite3"
             requests.get(server.url + "/healthz", timeout=10)  # starts the worker
             warm = one_run(orthanc, server, database, 8, seed=99)
             runs = [one_run(orthanc, server, database, args.slices, seed=i)

@@ -48,7 +48,7 @@ def measure(folder: str, arch: str, device: str, batch_size: int, runs: int) -> 
     from bench.studies import ct_entry
     from inference import conversion
     from inference.precision import convert_to_fp16, differences
-    from inference.preprocess import prepare
+    from inference.preprocess import model_input
     from inference.runners import OnnxBackend
 
     entry = ct_entry(folder, arch)
@@ -56,7 +56,7 @@ def measure(folder: str, arch: str, device: str, batch_size: int, runs: int) -> 
     fp32 = OnnxBackend(fp32_path, device=device)
     fp16 = OnnxBackend(convert_to_fp16(fp32_path), device=device)
     batch = conversion.check_inputs(entry.card.input_size,
-                                    lambda image: prepare(image, entry.card),
+                                    lambda image: model_input(image, entry.card),
                                     seed=16, count=batch_size)
     diff, map_diff = differences(fp32, fp16, batch)
     seconds = timed_runs({"fp32": fp32, "fp16": fp16}, batch, runs)

@@ -30,10 +30,11 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from extensions import db
+from jobs.lease import won
 from jobs.retry import doubling_delay
 from settings import MailSettings, settings_of
 
-from .models import CATEGORIES, ContactMessage, utcnow
+from .models import CATEGORIES, ContactMessage, utcnow_aware
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +99,18 @@ def claimable(now: datetime, force: bool, ticket: str | None = None):
 
 def claim(row_id: int, *, force: bool = False, ticket: str | None = None) -> str | None:
     """Take the row for one send; the token when this caller won it, else None."""
-    now, token = utcnow(), secrets.token_hex(16)
-    result = db.session.execute(
+    now, token = utcnow_aware(), secrets.token_hex(16)
+    taken = won(
         update(ContactMessage)
         .where(ContactMessage.id == row_id, *claimable(now, force, ticket))
         .values(claimed_until=lease_end(now), claim_token=token,
-                forward_attempts=ContactMessage.forward_attempts + 1)
-        .execution_options(synchronize_session=False))
-    db.session.commit()
-    return token if result.rowcount == 1 else None
+                forward_attempts=ContactMessage.forward_attempts + 1))
+    return token if taken else None
 
 
 def reserve(row: ContactMessage) -> str:
     """Hold a new row for the job about to be queued for it; returns the job's ticket."""
-    row.claim_token, row.claimed_until = new_ticket(), lease_end(utcnow())
+    row.claim_token, row.claimed_until = new_ticket(), lease_end(utcnow_aware())
     return row.claim_token
 
 
@@ -121,19 +120,15 @@ def reserve_due(limit: int = 100) -> list[tuple[int, str]]:
     several workers sweeping at once only one queues it. Returns (row id, ticket)."""
     if not smtp_configured():
         return []
-    now = utcnow()
+    now = utcnow_aware()
     due = (*claimable(now, force=False), ContactMessage.forward_attempts < mail().max_attempts)
     row_ids = db.session.scalars(select(ContactMessage.id).where(*due)
                                  .order_by(ContactMessage.id).limit(limit)).all()
     reserved = []
     for row_id in row_ids:
         ticket = new_ticket()
-        result = db.session.execute(
-            update(ContactMessage).where(ContactMessage.id == row_id, *due)
-            .values(claim_token=ticket, claimed_until=lease_end(now))
-            .execution_options(synchronize_session=False))
-        db.session.commit()
-        if result.rowcount == 1:
+        if won(update(ContactMessage).where(ContactMessage.id == row_id, *due)
+               .values(claim_token=ticket, claimed_until=lease_end(now))):
             reserved.append((row_id, ticket))
     return reserved
 
@@ -143,10 +138,10 @@ def settle(row_id: int, token: str, error: Exception | None, attempts: int) -> N
     row = ContactMessage.id == row_id
     if error is None:
         statement = update(ContactMessage).where(row, ContactMessage.forwarded_at.is_(None)) \
-            .values(forwarded_at=utcnow(), claimed_until=None, claim_token=None,
+            .values(forwarded_at=utcnow_aware(), claimed_until=None, claim_token=None,
                     last_error=None)
     else:
-        retry_at = utcnow() + timedelta(seconds=retry_delay(attempts))
+        retry_at = utcnow_aware() + timedelta(seconds=retry_delay(attempts))
         statement = update(ContactMessage).where(row, ContactMessage.claim_token == token) \
             .values(claimed_until=retry_at, claim_token=None,
                     last_error=f"{type(error).__name__}: {error}"[:300])
@@ -203,7 +198,7 @@ def forward_pending(limit: int = 20, *, force: bool = False) -> tuple[int, int]:
     """
     if not smtp_configured():
         return 0, 0
-    query = select(ContactMessage.id).where(*claimable(utcnow(), force))
+    query = select(ContactMessage.id).where(*claimable(utcnow_aware(), force))
     if not force:
         query = query.where(ContactMessage.forward_attempts < mail().max_attempts)
     row_ids = db.session.scalars(query.order_by(ContactMessage.id).limit(limit)).all()

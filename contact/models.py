@@ -18,7 +18,8 @@ CATEGORIES = {
 }
 
 
-def utcnow() -> datetime:
+def utcnow_aware() -> datetime:
+    """UTC with its zone: the contact table stores zone-aware times."""
     return datetime.now(timezone.utc)
 
 
@@ -26,7 +27,7 @@ class ContactMessage(db.Model):
     __tablename__ = "contact_messages"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow_aware,
                                                  index=True)
     name: Mapped[str] = mapped_column(String(100))
     email: Mapped[str] = mapped_column(String(254))

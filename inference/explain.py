@@ -28,7 +28,7 @@ import numpy as np
 from .graph import (ExplainError, build_head, final_layer, find_target_path,
                     keras_module_for, split_model)
 from .image import DecodedImage
-from .preprocess import prepare
+from .preprocess import model_input
 from .runtime import import_tensorflow
 
 HEATMAP_MAX_SIDE = 512  # pixels on the longer side of the returned PNG
@@ -249,7 +249,7 @@ def class_activation_map(loaded, decoded: DecodedImage,
         if head is not None:
             return head(features[:1])[0]
     gradcam = gradcam_for(model, card.covid_index, card.input_size)
-    batch = prepare(decoded.pixels, card)[None, ...]
+    batch = model_input(decoded.pixels, card)[None, ...]
     with getattr(loaded, "gate", None) or contextlib.nullcontext():
         cams, _ = gradcam.run(batch)  # as heavy as a forward pass: same concurrency gate
     return cams[0]

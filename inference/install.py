@@ -21,13 +21,20 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .conversion import file_sha256, folder_lock
+from .cards import ModelCard, check_output_width
+from .conversion import ConversionRefused, file_sha256, folder_lock
 from .ood import profile_path
 from .recognise import from_layers, from_name, layer_names
 from .registry import ARCHITECTURES, MODALITIES, default_card, discover, model_relpath
-from .cards import ModelCard, check_output_width
-from .sources import (PUBLISHED, Candidate, InstallError, gather, is_url,
-                      published_metrics)
+from .runners import ModelLoadError, conversion_supported, load_keras_model
+from .sources import (
+    PUBLISHED,
+    Candidate,
+    InstallError,
+    gather,
+    is_url,
+    published_metrics,
+)
 
 
 @dataclass
@@ -52,7 +59,6 @@ def _pick(kind: str, label: str, found: str | None, flag: str | None,
 
 def _model_facts(path: Path, threads: int) -> tuple[list[str], int, tuple, str]:
     """(layer names, output width, input (h, w), loader) of a loadable model."""
-    from .runners import ModelLoadError, load_keras_model
 
     try:
         model, loader = load_keras_model(path, threads)
@@ -186,11 +192,9 @@ def conversions(model_path: Path, cache_dir: str | None) -> list[Path]:
                   for p in folder.glob(stem + pattern))
 
 
-def prepare(service, modality: str, arch: str, echo=print) -> str:
+def convert_for_serving(service, modality: str, arch: str, echo=print) -> str:
     """Convert the placed model for ONNX Runtime through the service; say how it is
     served. A refused or failed conversion leaves it served by Keras."""
-    from .conversion import ConversionRefused
-    from .runners import conversion_supported
 
     if not service.cache.uses_onnx:
         return "served by Keras (no ONNX Runtime, or INFERENCE_BACKEND=keras)"
@@ -253,7 +257,7 @@ def install_models(service, source: str, download_dir: str | Path,
         with contextlib.suppress(OSError):
             download_dir.rmdir()  # only when empty: a .part to resume stays
     for plan, target in zip(plans, placed):
-        echo(f"{target.name}: {prepare(service, plan.modality, plan.architecture, echo)}")
+        echo(f"{target.name}: {convert_for_serving(service, plan.modality, plan.architecture, echo)}")
     return placed
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .conversion import check_inputs, staged
+from .preprocess import model_input
 from .runners import OnnxBackend, short_error
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,8 @@ def convert_to_fp16(fp32_path: Path) -> Path:
 def probe_batch(card) -> np.ndarray:
     """Seeded random images through the model's own preprocessing: the value range a
     real request has (ImageNet modes reach about +-150, where fp16 steps are coarse)."""
-    from .preprocess import prepare
 
-    return check_inputs(card.input_size, lambda image: prepare(image, card),
+    return check_inputs(card.input_size, lambda image: model_input(image, card),
                         seed=PROBE_SEED, count=PROBE_IMAGES)
 
 

@@ -9,12 +9,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import ood
-from .errors import ModelUnavailable
 from .cache import LoadedModel, ModelCache
-from .image import DecodedImage
-from .preprocess import prepare
-from .registry import MODALITIES, ModelEntry, modality_of_dicom, select_entries
 from .cards import ModelCard, check_output_width
+from .errors import ModelUnavailable
+from .explain import ExplainError, explain
+from .image import DecodedImage
+from .preprocess import model_input
+from .registry import MODALITIES, ModelEntry, modality_of_dicom, select_entries
 from .sanity import sanity_warnings
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def run_prepared(loaded: LoadedModel, batch: np.ndarray
 def run_model(loaded: LoadedModel, decoded: DecodedImage
               ) -> tuple[ModelResult, np.ndarray | None]:
     """Preprocess for this model's card and run it on one image."""
-    return run_prepared(loaded, prepare(decoded.pixels, loaded.card)[None, ...])[0]
+    return run_prepared(loaded, model_input(decoded.pixels, loaded.card)[None, ...])[0]
 
 
 def combine(results: list[ModelResult]) -> Ensemble | None:
@@ -180,7 +181,6 @@ def add_heatmap(result: ModelResult, loaded: LoadedModel, decoded: DecodedImage,
                 warnings: list[str], features: np.ndarray | None = None) -> None:
     """Attach a Grad-CAM heatmap (from the prediction's own feature map when there is
     one); a model that cannot be explained still answers."""
-    from .explain import ExplainError, explain
 
     try:
         result.heatmap_png, result.explain_ms = explain(loaded, decoded, features)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from . import conversion
+from .preprocess import model_input
 from .registry import ModelEntry, discover
 from .runners import KerasGraphBackend, conversion_supported, load_keras_model
 
@@ -62,7 +63,6 @@ def convert_entry(entry: ModelEntry, cache_dir: str | None = None, threads: int 
                   force: bool = False):
     """Convert one model now: ``(path, report, converted)``. The one conversion path,
     for the CLI and the preparation child alike."""
-    from .preprocess import prepare
 
     digest = conversion.file_sha256(entry.path)
     existing = conversion.find_verified_onnx(entry.path, digest, cache_dir)
@@ -76,7 +76,7 @@ def convert_entry(entry: ModelEntry, cache_dir: str | None = None, threads: int 
     runner = KerasGraphBackend(model, entry.card.input_size)
     path, report = conversion.convert_to_onnx(
         runner, entry.path, digest, cache_dir, threads,
-        preprocess=lambda image: prepare(image, entry.card))
+        preprocess=lambda image: model_input(image, entry.card))
     failure_note(entry.path, digest, cache_dir).unlink(missing_ok=True)
     return path, report, True
 

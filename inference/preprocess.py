@@ -5,7 +5,7 @@ Two steps, each one function used by the web app, the API and the training tool 
 * ``decode_image(data)``: bytes (PNG, JPEG, BMP, TIFF, DICOM) -> 8-bit RGB array,
   with EXIF orientation applied and 16-bit, palette, CMYK and alpha images handled.
   Size limits are checked from the header before any pixel is decoded.
-* ``prepare(pixels, card)``: RGB array -> float32 model input, driven by the model card.
+* ``model_input(pixels, card)``: RGB array -> float32 model input, driven by the model card.
   The default reproduces the published pipeline (OpenCV bilinear resize to 224 x 224,
   then pixel / 255); ``imagenet`` uses the architecture's own ``preprocess_input``.
 """
@@ -18,10 +18,11 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .cards import ModelCard
+from .dicom import decode_dicom
 from .errors import UnsupportedImage, UnusableImage
 from .image import DecodedImage, check_size, gray_to_rgb, stretch_to_uint8
 from .registry import ARCHITECTURES
-from .cards import ModelCard
 
 DEFAULT_MAX_PIXELS = 50_000_000
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
@@ -55,8 +56,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 
 def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
-    from .dicom import decode_dicom  # pydicom is only needed for DICOM uploads
-
     return decode_dicom(data, max_pixels=max_pixels)
 
 
@@ -117,7 +116,7 @@ def resize(pixels: np.ndarray, size: tuple[int, int], method: str = "bilinear") 
     return cv2.resize(pixels, (width, height), interpolation=interpolation)
 
 
-def prepare(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
+def model_input(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
     """8-bit RGB (H, W, 3) -> float32 (h, w, 3) model input, as the card says.
 
     This is the one preprocessing function: serving, evaluation and training call it.

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .graph import split_for_serving
 from .runtime import import_tensorflow, intra_op_threads
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,6 @@ class KerasGraphBackend:
     """
 
     def __init__(self, model, input_size: tuple[int, int], jit_compile: bool = False):
-        from .graph import split_for_serving
-
         tf = import_tensorflow()
         height, width = input_size
         self.input_size = (height, width)

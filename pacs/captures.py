@@ -17,6 +17,8 @@ import pydicom
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.uid import ExplicitVRLittleEndian
 
+from studies.result import ImageResult, StudyResult
+
 from .report_sr import RESEARCH_WARNING, SOFTWARE_NAME, image_title, source_header
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ BAND_COLOUR, TEXT_COLOUR = (0, 0, 0), (255, 255, 0)
 _DIRECTIONS = (("L", "R"), ("P", "A"), ("H", "F"))
 
 
-def heatmap_captures(view: dict, evidence: list[pydicom.Dataset | None],
+def heatmap_captures(result: StudyResult, evidence: list[pydicom.Dataset | None],
                      heatmaps: list[tuple[int, str, bytes]], software_version: str,
                      series_uid: str, uid_for: Callable[[int, str], str],
                      series_number: int = HEATMAP_SERIES_NUMBER) -> list[pydicom.Dataset]:
@@ -40,37 +42,36 @@ def heatmap_captures(view: dict, evidence: list[pydicom.Dataset | None],
     any_header = next((h for h in headers if h is not None), None)
     if any_header is None:
         raise ValueError("no source instance header: the captures need the study they belong to")
-    positions = {image["index"]: position for position, image in enumerate(view["images"])}
+    positions = {image.index: position for position, image in enumerate(result.images)}
     captures = []
     for index, arch, png in heatmaps:
         if index not in positions:
             raise ValueError(f"heatmap for image {index}, which the study does not have")
         position = positions[index]
-        image = view["images"][position]
+        image = result.images[position]
         header = headers[position] if position < len(headers) else None
         pixels = burn_in(png, [RESEARCH_WARNING, caption(position, image, arch)])
         captures.append(_capture(pixels, header or any_header, header is not None,
                                  software_version, series_uid, series_number,
-                                 uid_for(index, arch), instance_number(view, position, arch),
+                                 uid_for(index, arch), instance_number(result, position, arch),
                                  arch))
-    log.info("heatmap captures for study %s...: %d images", str(view.get("id"))[:6],
-             len(captures))
+    log.info("heatmap captures for study %s...: %d images", result.id[:6], len(captures))
     return captures
 
 
-def instance_number(view: dict, position: int, arch: str) -> int:
+def instance_number(result: StudyResult, position: int, arch: str) -> int:
     """Reading order, then the study's model order: the same number for the same capture
     however the captures are batched."""
-    archs = [m["architecture"] for m in view.get("models") or []]
+    archs = [m["architecture"] for m in result.models]
     archs += [arch] if arch not in archs else []
     return position * len(archs) + archs.index(arch) + 1
 
 
-def caption(position: int, image: dict, arch: str) -> str:
+def caption(position: int, image: ImageResult, arch: str) -> str:
     """The model's answer for this image, as drawn above the heatmap."""
-    result = next((r for r in image.get("results") or [] if r.get("architecture") == arch), {})
-    probability = result.get("covid_probability")
-    answer = (f"COVID probability {probability:.3f} ({result.get('label', '?')})"
+    model = next((r for r in image.results if r.get("architecture") == arch), {})
+    probability = model.get("covid_probability")
+    answer = (f"COVID probability {probability:.3f} ({model.get('label', '?')})"
               if probability is not None else "no answer")
     return f"{SOFTWARE_NAME} {arch} - {image_title(position, image)}: {answer}"
 

@@ -10,7 +10,7 @@ from sqlalchemy import DateTime, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from extensions import db
-from studies.models import utcnow
+from studies.models import utcnow_naive
 
 
 class PacsArrival(db.Model):
@@ -19,8 +19,8 @@ class PacsArrival(db.Model):
     study_uid: Mapped[str] = mapped_column(String(128), primary_key=True)
     modality: Mapped[str] = mapped_column(String(16))  # the tool's key: ct or xray
     images: Mapped[int] = mapped_column(Integer, default=0)
-    seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    changed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow_naive)
+    changed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow_naive)
     study_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_try_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    next_try_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow_naive)

@@ -10,13 +10,14 @@ import logging
 import re
 
 import highdicom as hd
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
 import pydicom
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from inference.predict import COVID
+from studies.result import ImageResult, StudyResult
 
 log = logging.getLogger(__name__)
 
@@ -79,33 +80,33 @@ def source_header(ds: pydicom.Dataset | None) -> pydicom.Dataset | None:
     return header
 
 
-def image_title(position: int, image: dict) -> str:
+def image_title(position: int, image: ImageResult) -> str:
     """How a reader finds the image again: reading order and instance number, never the
     uploaded file name (which may carry patient data)."""
-    number = image.get("instance_number")
+    number = image.instance_number
     return f"Image {position + 1}" + (f" (instance {number})" if number is not None else "")
 
 
-def structured_report(view: dict, evidence: list[pydicom.Dataset | None],
+def structured_report(result: StudyResult, evidence: list[pydicom.Dataset | None],
                       model_versions: dict[str, str], software_version: str,
                       series_uid: str, instance_uid: str,
                       series_number: int = REPORT_SERIES_NUMBER) -> pydicom.Dataset:
-    """A Comprehensive SR holding a TID 1500 Measurement Report of the study view."""
-    if not view.get("verdict"):
+    """A Comprehensive SR holding a TID 1500 Measurement Report of the study's answer."""
+    if not result.verdict:
         raise ValueError("the study has no verdict yet: only a finished study is reported")
     headers = [source_header(ds) for ds in evidence]
     present = [header for header in headers if header is not None]
     if not present:
         raise ValueError("no source instance header: the report needs the study it belongs to")
-    groups = _image_groups(view, headers, model_versions, software_version, instance_uid)
-    groups.append(_study_group(view, software_version, instance_uid))
+    groups = _image_groups(result, headers, model_versions, software_version, instance_uid)
+    groups.append(_study_group(result, software_version, instance_uid))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(),
-        procedure_reported=(codes.cid100.CTUnspecifiedBodyRegion if view["modality"] == "ct"
+        procedure_reported=(codes.cid100.CTUnspecifiedBodyRegion if result.modality == "ct"
                             else codes.cid100.XRUnspecifiedBodyRegion),
         imaging_measurements=groups,
         referenced_images=[h for h in present if _describable(h)] or None)
-    report[0].ContentSequence.append(_evaluations(view, model_versions))
+    report[0].ContentSequence.append(_evaluations(result, model_versions))
     sr = hd.sr.ComprehensiveSR(
         evidence=present, content=report[0], series_instance_uid=series_uid,
         series_number=series_number, sop_instance_uid=instance_uid, instance_number=1,
@@ -115,7 +116,7 @@ def structured_report(view: dict, evidence: list[pydicom.Dataset | None],
         transfer_syntax_uid=ExplicitVRLittleEndian)
     # Only a prefix of the study id: the id is the key to the results.
     log.info("structured report for study %s...: %d measurement groups, %d source instances",
-             str(view.get("id"))[:6], len(groups), len(present))
+             result.id[:6], len(groups), len(present))
     return sr
 
 
@@ -138,34 +139,34 @@ def _describable(header: pydicom.Dataset) -> bool:
     return True
 
 
-def _image_groups(view: dict, headers: list, model_versions: dict[str, str],
+def _image_groups(result: StudyResult, headers: list, model_versions: dict[str, str],
                   software_version: str, instance_uid: str) -> list:
     """One group per analysed image and model (TID 1501 names one algorithm per group),
     plus the image's combined answer when several models voted."""
     groups = []
-    for position, image in enumerate(view["images"]):
+    for position, image in enumerate(result.images):
         header = headers[position] if position < len(headers) else None
         sources = None if header is None else [hd.sr.SourceImageForMeasurementGroup(
             referenced_sop_class_uid=header.SOPClassUID,
             referenced_sop_instance_uid=header.SOPInstanceUID)]
         title = image_title(position, image)
-        for result in image.get("results") or []:
-            arch = result["architecture"]
+        for answer in image.results:
+            arch = answer["architecture"]
             algorithm = hd.sr.AlgorithmIdentification(
                 name=arch, version=model_versions.get(arch) or "unknown",
                 manufacturer=SOFTWARE_NAME)
-            measurements = [hd.sr.Measurement(PROBABILITY, result["covid_probability"], RATIO),
-                            hd.sr.Measurement(THRESHOLD, result["threshold"], RATIO)]
+            measurements = [hd.sr.Measurement(PROBABILITY, answer["covid_probability"], RATIO),
+                            hd.sr.Measurement(THRESHOLD, answer["threshold"], RATIO)]
             groups.append(_group(instance_uid, f"{title} {arch}", algorithm, measurements,
-                                 result["label"] == COVID, sources))
-        if len(image.get("results") or []) > 1 and image.get("covid_probability") is not None:
+                                 answer["label"] == COVID, sources))
+        if len(image.results) > 1 and image.covid_probability is not None:
             algorithm = hd.sr.AlgorithmIdentification(
                 name=f"{SOFTWARE_NAME} ensemble", version=software_version,
                 parameters=["mean margin of: " + ", ".join(
-                    r["architecture"] for r in image["results"])])
-            measurements = [hd.sr.Measurement(PROBABILITY, image["covid_probability"], RATIO)]
+                    r["architecture"] for r in image.results)])
+            measurements = [hd.sr.Measurement(PROBABILITY, image.covid_probability, RATIO)]
             groups.append(_group(instance_uid, f"{title} combined", algorithm, measurements,
-                                 bool(image.get("positive")), sources))
+                                 bool(image.positive), sources))
     return groups
 
 
@@ -182,9 +183,9 @@ def _group(instance_uid: str, title: str, algorithm, measurements: list, positiv
         source_images=sources)
 
 
-def _study_group(view: dict, software_version: str, instance_uid: str):
+def _study_group(result: StudyResult, software_version: str, instance_uid: str):
     """The study verdict with the figures the rule used, over all source images."""
-    verdict = view["verdict"]
+    verdict = result.verdict
     parameters = verdict.get("rule_parameters") or {}
     algorithm = hd.sr.AlgorithmIdentification(
         name=SOFTWARE_NAME, version=software_version,
@@ -196,29 +197,30 @@ def _study_group(view: dict, software_version: str, instance_uid: str):
         hd.sr.Measurement(POSITIVE_IMAGES, verdict["positive_images"], IMAGES),
         hd.sr.Measurement(ANALYSED_IMAGES, verdict["total_images"], IMAGES),
         hd.sr.Measurement(POSITIVE_SHARE, verdict["positive_share"], RATIO)]
-    if view["modality"] == "ct":
+    if result.modality == "ct":
         measurements.append(hd.sr.Measurement(
             LONGEST_RUN, verdict["longest_positive_run"], IMAGES))
     return _group(instance_uid, "Study verdict", algorithm, measurements,
                   verdict["label"] == COVID, None)
 
 
-def _evaluations(view: dict, model_versions: dict[str, str]) -> hd.sr.ContainerContentItem:
+def _evaluations(result: StudyResult, model_versions: dict[str, str]
+                 ) -> hd.sr.ContainerContentItem:
     """TID 1500's Qualitative Evaluations: what has no code, as text a reader sees first."""
-    verdict = view["verdict"]
+    verdict = result.verdict
     texts = [(VERDICT_TEXT, f"{verdict['label']}: {verdict['positive_images']} of "
                             f"{verdict['total_images']} images positive, mean COVID "
                             f"probability {verdict['covid_probability']:.3f}"),
              (RULE_TEXT, verdict["rule"]),
              (MODELS_TEXT, "; ".join(
                  f"{m['architecture']}: {model_versions.get(m['architecture']) or 'unknown'}"
-                 f" (threshold {m['threshold']:g})" for m in view.get("models") or []) or "none")]
-    for position, image in enumerate(view["images"]):
-        if image.get("status") != "done" or not image.get("results"):
-            code = (image.get("error") or {}).get("code") or image.get("status") or "unknown"
+                 f" (threshold {m['threshold']:g})" for m in result.models) or "none")]
+    for position, image in enumerate(result.images):
+        if image.status != "done" or not image.results:
+            code = image.error_code or image.status or "unknown"
             texts.append((NOT_ANALYSED, f"{image_title(position, image)}: {code}"))
-    texts += [(STUDY_WARNING, warning) for warning in view.get("warnings") or []]
-    texts += [(DISCLAIMER_TEXT, view.get("disclaimer") or RESEARCH_WARNING),
+    texts += [(STUDY_WARNING, warning) for warning in result.warnings]
+    texts += [(DISCLAIMER_TEXT, result.disclaimer or RESEARCH_WARNING),
               (WARNING_TEXT, RESEARCH_WARNING)]
     container = hd.sr.ContainerContentItem(name=QUALITATIVE, relationship_type=_CONTAINS)
     container.ContentSequence = hd.sr.ContentSequence(

@@ -22,7 +22,7 @@ from extensions import db
 from inference.registry import MODALITIES, ModelChoice
 from jobs.retry import doubling_delay
 from settings import PacsConfig
-from studies.models import FAILED, Study, utcnow
+from studies.models import FAILED, Study, utcnow_naive
 from studies.store import new_study_id
 
 from .client import PacsClient
@@ -37,7 +37,7 @@ RETRY_CODES = {"pacs_unavailable", "pacs_timeout"}
 def record(study_uid: str, modality: str, images: int) -> PacsArrival:
     """Remember a listed study; its count changing restarts the stability clock.
     Pollers racing to add the same study: one row wins, the others read it."""
-    now = utcnow()
+    now = utcnow_naive()
     row = db.session.get(PacsArrival, study_uid)
     if row is None:
         db.session.add(PacsArrival(study_uid=study_uid, modality=modality, images=images,
@@ -56,7 +56,7 @@ def retry_unreachable(config: PacsConfig) -> None:
     rows = db.session.execute(
         select(PacsArrival, Study.error_code).join(Study, Study.id == PacsArrival.study_id)
         .where(Study.status == FAILED)).all()
-    now = utcnow()
+    now = utcnow_naive()
     for arrival, code in rows:
         if code in RETRY_CODES:
             delay = doubling_delay(config.arrival_retry_s, arrival.attempts,
@@ -90,7 +90,7 @@ def poll_once(client: PacsClient, config: PacsConfig) -> list[str]:
         for dicom_modality in sorted(MODALITIES[rule.modality].dicom):
             for listed in client.studies(dicom_modality, limit=500):
                 arrival = record(listed["study_uid"], rule.modality, listed["images"] or 0)
-                now = utcnow()
+                now = utcnow_naive()
                 ready = (arrival.study_id is None and arrival.next_try_at <= now
                          and now - arrival.changed_at >= timedelta(seconds=stable_s))
                 if ready and (study_id := start(arrival, rule, config.explain)):

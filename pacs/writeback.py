@@ -24,11 +24,13 @@ from sqlalchemy import select, update
 from extensions import db
 from inference.conversion import file_sha256
 from inference.errors import ServiceError
+from jobs.lease import won
 from jobs.retry import doubling_delay
 from settings import PacsConfig, StudySettings
 from studies import service as studies
 from studies.errors import EmptyStudy
-from studies.models import DONE, QUEUED, RUNNING, Study, StudyHeatmap, utcnow
+from studies.models import DONE, QUEUED, RUNNING, Study, StudyHeatmap, utcnow_naive
+from studies.result import StudyResult
 
 from .captures import heatmap_captures
 from .client import PacsClient
@@ -57,7 +59,7 @@ def expect(study_id: str, lease_s: float) -> None:
     db.session.execute(
         update(Study).where(Study.id == study_id, Study.source == "pacs",
                             Study.status.in_((QUEUED, RUNNING)), Study.written.is_(None))
-        .values(write_after=utcnow() + timedelta(seconds=lease_s))
+        .values(write_after=utcnow_naive() + timedelta(seconds=lease_s))
         .execution_options(synchronize_session=False))
     db.session.commit()
 
@@ -65,29 +67,21 @@ def expect(study_id: str, lease_s: float) -> None:
 def reserve(study_id: str, lease_s: float) -> bool:
     """Mark a study that just finished for write-back, held for the job about to be
     queued; False when there is nothing to write."""
-    result = db.session.execute(
-        update(Study).where(Study.id == study_id, *wanted())
-        .values(write_after=utcnow() + timedelta(seconds=lease_s))
-        .execution_options(synchronize_session=False))
-    db.session.commit()
-    return result.rowcount == 1
+    return won(update(Study).where(Study.id == study_id, *wanted())
+               .values(write_after=utcnow_naive() + timedelta(seconds=lease_s)))
 
 
 def due_ids(config: PacsConfig, limit: int = 100) -> list[str]:
     return list(db.session.scalars(
-        select(Study.id).where(*due(utcnow(), config.write_max_attempts))
+        select(Study.id).where(*due(utcnow_naive(), config.write_max_attempts))
         .order_by(Study.write_after).limit(limit)))
 
 
 def take(study_id: str, config: PacsConfig) -> bool:
     """Reserve one due study for a job; True only for the caller whose UPDATE won."""
-    now = utcnow()
-    result = db.session.execute(
-        update(Study).where(Study.id == study_id, *due(now, config.write_max_attempts))
-        .values(write_after=now + timedelta(seconds=config.write_lease_s))
-        .execution_options(synchronize_session=False))
-    db.session.commit()
-    return result.rowcount == 1
+    now = utcnow_naive()
+    return won(update(Study).where(Study.id == study_id, *due(now, config.write_max_attempts))
+               .values(write_after=now + timedelta(seconds=config.write_lease_s)))
 
 
 def reserve_due(config: PacsConfig, limit: int = 100) -> list[str]:
@@ -105,7 +99,7 @@ def record_failure(study_id: str, message: str, config: PacsConfig) -> tuple[int
     db.session.execute(
         update(Study).where(Study.id == study_id)
         .values(write_attempts=Study.write_attempts + 1, write_error=message[:300],
-                write_after=utcnow() + timedelta(seconds=delay))
+                write_after=utcnow_naive() + timedelta(seconds=delay))
         .execution_options(synchronize_session=False))
     db.session.commit()
     return attempts + 1, delay
@@ -135,17 +129,17 @@ def attempt(inference, config: PacsConfig, study_config: StudySettings,
 
 def deliver(client: PacsClient, inference, study_config: StudySettings, study_id: str) -> str:
     """Write a finished PACS study's answer back, once; what happened, for the log."""
-    result = studies.view(study_config, study_id)
-    if result["status"] != "done" or result.get("written"):
+    result = studies.result(study_config, study_id)
+    if result.status != "done" or result.written:
         return "nothing to write"
     written = write_back(client, inference, result)
     set_written(study_id, written)
     return f"wrote {len(written)} instances"
 
 
-def write_back(client: PacsClient, inference, result: dict) -> list[dict]:
+def write_back(client: PacsClient, inference, result: StudyResult) -> list[dict]:
     """Store the report (and heatmap captures) in the PACS study; what was written."""
-    study_id, study_uid = result["id"], result["study_uid"]
+    study_id, study_uid = result.id, result.study_uid
     evidence = evidence_for(client, study_uid, result)
     report = structured_report(
         result, evidence, model_versions(inference, result), SOFTWARE_VERSION,
@@ -153,40 +147,40 @@ def write_back(client: PacsClient, inference, result: dict) -> list[dict]:
         instance_uid=generate_uid(entropy_srcs=[study_id, "report"]))
     client.store([report])
     written = [describe(report)]
-    if result.get("explain"):
+    if result.explain:
         written += store_captures(client, result, evidence)
     return written
 
 
-def model_versions(inference, result: dict) -> dict[str, str]:
+def model_versions(inference, result: StudyResult) -> dict[str, str]:
     """architecture -> "VGG16 sha256:<16 hex>" for the models that answered."""
     versions = {}
-    for entry in inference.entries_for(result["modality"]):
+    for entry in inference.entries_for(result.modality):
         if entry.available and any(m["architecture"] == entry.architecture
-                                   for m in result["models"]):
+                                   for m in result.models):
             versions[entry.architecture] = (f"{entry.display_name} "
                                             f"sha256:{file_sha256(entry.path)[:16]}")
     return versions
 
 
-def evidence_for(client: PacsClient, study_uid: str, result: dict) -> list:
+def evidence_for(client: PacsClient, study_uid: str, result: StudyResult) -> list:
     """The analysed instances' headers, in reading order (asked of the PACS again:
     patient data never waits in this tool's database)."""
     headers = client.headers(study_uid)
-    missing = [image["name"] for image in result["images"] if image["name"] not in headers]
+    missing = [image.name for image in result.images if image.name not in headers]
     if missing:
         raise EmptyStudy(f"{len(missing)} analysed instances are no longer in the PACS study.")
     evidence = []
-    for image in result["images"]:
-        header = headers[image["name"]]
+    for image in result.images:
+        header = headers[image.name]
         header.pop("PixelData", None)
         evidence.append(header)
     return evidence
 
 
-def store_captures(client: PacsClient, result: dict, evidence: list) -> list[dict]:
+def store_captures(client: PacsClient, result: StudyResult, evidence: list) -> list[dict]:
     """Heatmap captures, a few per STOW request (memory holds a few, not the study)."""
-    study_id, written, chunk = result["id"], [], []
+    study_id, written, chunk = result.id, [], []
     series_uid = generate_uid(entropy_srcs=[study_id, "heatmap-series"])
 
     def uid_for(index: int, architecture: str) -> str:

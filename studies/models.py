@@ -17,11 +17,10 @@ from extensions import db
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 PENDING = "pending"  # an image not yet analysed
-# Automatic tries of a study's write-back into its PACS; `flask pacs write-back` goes on.
-WRITE_MAX_ATTEMPTS = 10
 
 
-def utcnow() -> datetime:
+def utcnow_naive() -> datetime:
+    """UTC without a zone: the studies' tables store plain DateTime columns in UTC."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
@@ -40,8 +39,8 @@ class Study(db.Model):
     verdict: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    enqueued_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow_naive)
+    enqueued_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow_naive)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

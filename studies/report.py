@@ -7,7 +7,7 @@ import io
 
 from inference.predict import DISCLAIMER
 
-from .models import DONE, FAILED, QUEUED, RUNNING, WRITE_MAX_ATTEMPTS, Study, StudyImage
+from .models import DONE, FAILED, QUEUED, RUNNING, Study, StudyImage
 
 
 def image_view(image: StudyImage) -> dict:
@@ -29,7 +29,7 @@ def image_view(image: StudyImage) -> dict:
     return data
 
 
-def study_view(study: Study, images: list[StudyImage]) -> dict:
+def study_view(study: Study, images: list[StudyImage], write_max_attempts: int) -> dict:
     """The contract's ``GET /api/v1/studies/<id>`` body."""
     data = {
         "id": study.id,
@@ -50,7 +50,7 @@ def study_view(study: Study, images: list[StudyImage]) -> dict:
         data["source"] = study.source
         data["study_uid"] = study.pacs_study_uid
         data["written"] = list(study.written or [])
-        data["write_back"] = write_back_view(study)
+        data["write_back"] = write_back_view(study, write_max_attempts)
     if study.status == DONE:
         data["verdict"] = study.verdict
     if study.status == FAILED:
@@ -58,14 +58,14 @@ def study_view(study: Study, images: list[StudyImage]) -> dict:
     return data
 
 
-def write_back_view(study: Study) -> dict:
+def write_back_view(study: Study, max_attempts: int) -> dict:
     """Where the answer's write-back into the PACS stands: written, pending (the study
     is still running, or its write is queued), retrying after a failure, failed (no
     automatic tries left) or off (the study finished while write-back was off)."""
     attempts = study.write_attempts or 0
     if study.written:
         status = "written"
-    elif attempts >= WRITE_MAX_ATTEMPTS:
+    elif attempts >= max_attempts:
         status = "failed"
     elif study.status in (QUEUED, RUNNING):
         status = "pending"

@@ -22,7 +22,7 @@ from inference.errors import (InvalidRequest, ModelUnavailable, ServiceError,
                               UnsupportedImage, UnusableImage)
 from inference.predict import (COVID, add_heatmap, add_ood_check, combine, image_warnings,
                                run_prepared)
-from inference.preprocess import decode_image, prepare
+from inference.preprocess import decode_image, model_input
 from inference.registry import select_entries
 from inference.service import InferenceService
 from settings import StudySettings
@@ -145,7 +145,7 @@ class StudyRun:
             return Ready(index, error=ServiceError("The image's bytes are gone."))
         try:
             decoded = decode_image(data, max_pixels=self.service.max_pixels)
-            inputs = {m.entry.architecture: prepare(decoded.pixels, m.card) for m in self.models}
+            inputs = {m.entry.architecture: model_input(decoded.pixels, m.card) for m in self.models}
             warnings = image_warnings(decoded, self.study.modality, self.entries)
         except ServiceError as exc:
             return Ready(index, error=exc)

@@ -16,6 +16,7 @@ from .errors import StudyNotFound
 from .intake import Intake, read_archive, read_uploads
 from .ordering import order_files
 from .report import study_csv, study_view
+from .result import StudyResult, study_result
 from .runner import ImageSource, process_study
 
 
@@ -53,10 +54,17 @@ def submit(inference: InferenceService, config: StudySettings, modality: str | N
 def view(config: StudySettings, study_id: str, with_images: bool = True) -> dict:
     """The study; without its images (``with_images=False``) for a cheap progress poll."""
     study = store.get_study(study_id, config.retention_hours)
-    data = study_view(study, store.images_of(study.id) if with_images else [])
+    data = study_view(study, store.images_of(study.id) if with_images else [],
+                      config.write_max_attempts)
     if not with_images:
         del data["images"]
     return data
+
+
+def result(config: StudySettings, study_id: str) -> StudyResult:
+    """The study's answer as typed values (for the writers that are not the web)."""
+    study = store.get_study(study_id, config.retention_hours)
+    return study_result(study, store.images_of(study.id))
 
 
 def csv_text(config: StudySettings, study_id: str) -> str:

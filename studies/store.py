@@ -16,10 +16,11 @@ from datetime import timedelta
 from sqlalchemy import delete, func, or_, select, update
 
 from extensions import db
+from jobs.lease import won
 
 from .errors import StudyNotFound
 from .models import (DONE, FAILED, PENDING, QUEUED, RUNNING, STUDY_TABLES, Study, StudyFile,
-                     StudyHeatmap, StudyImage, utcnow)
+                     StudyHeatmap, StudyImage, utcnow_naive)
 from .ordering import OrderedFile
 
 
@@ -65,8 +66,8 @@ def _add_images(study_id: str, files: list[OrderedFile]) -> None:
 
 def claim(study_id: str, lease_s: float) -> str | None:
     """Take the study if it is queued, or running under an expired lease; the token."""
-    token, now = secrets.token_hex(16), utcnow()
-    taken = db.session.execute(
+    token, now = secrets.token_hex(16), utcnow_naive()
+    taken = won(
         update(Study).where(
             Study.id == study_id,
             or_(Study.status == QUEUED,
@@ -74,13 +75,12 @@ def claim(study_id: str, lease_s: float) -> str | None:
         .values(status=RUNNING, claim_token=token, attempts=Study.attempts + 1,
                 claimed_until=now + timedelta(seconds=lease_s), updated_at=now,
                 started_at=func.coalesce(Study.started_at, now)))
-    db.session.commit()
-    return token if taken.rowcount == 1 else None
+    return token if taken else None
 
 
 def hold(study_id: str, token: str, lease_s: float, **values):
     """The UPDATE that both renews a lease and proves the claim is still ours."""
-    now = utcnow()
+    now = utcnow_naive()
     return db.session.execute(
         update(Study).where(Study.id == study_id, Study.claim_token == token,
                             Study.status == RUNNING)
@@ -144,7 +144,7 @@ def set_models(study_id: str, token: str, lease_s: float, models: list[dict],
 
 
 def finish(study_id: str, token: str, verdict: dict) -> bool:
-    now = utcnow()
+    now = utcnow_naive()
     done = db.session.execute(
         update(Study).where(Study.id == study_id, Study.claim_token == token,
                             Study.status == RUNNING)
@@ -156,7 +156,7 @@ def finish(study_id: str, token: str, verdict: dict) -> bool:
 
 def fail(study_id: str, token: str | None, code: str, message: str) -> bool:
     """End the study with an error (only by its claim holder, when a token is given)."""
-    now = utcnow()
+    now = utcnow_naive()
     condition = [Study.id == study_id, Study.status.in_([QUEUED, RUNNING])]
     if token is not None:
         condition.append(Study.claim_token == token)
@@ -185,7 +185,7 @@ def study_row(study_id: str) -> Study | None:
 
 def _expired(study: Study, retention_hours: float) -> bool:
     ended = study.finished_at or study.created_at
-    return ended < utcnow() - timedelta(hours=retention_hours)
+    return ended < utcnow_naive() - timedelta(hours=retention_hours)
 
 
 def images_of(study_id: str) -> list[StudyImage]:
@@ -216,11 +216,11 @@ def delete_study(study_id: str) -> bool:
 
 def purge_expired(retention_hours: float) -> int:
     """Delete studies whose results are past their retention time; how many."""
-    cutoff = utcnow() - timedelta(hours=retention_hours)
+    cutoff = utcnow_naive() - timedelta(hours=retention_hours)
     ids = list(db.session.scalars(select(Study.id).where(
         func.coalesce(Study.finished_at, Study.created_at) < cutoff,
         or_(Study.status.in_([DONE, FAILED]), Study.claimed_until.is_(None),
-            Study.claimed_until < utcnow()))))
+            Study.claimed_until < utcnow_naive()))))
     for study_id in ids:
         delete_study(study_id)
     return len(ids)
@@ -230,7 +230,7 @@ def stale_studies(requeue_after_s: float, max_attempts: int) -> list[str]:
     """Studies to hand to the queue again: running under an expired lease (a worker
     died), or queued for long with nobody taking them (the queue lost the message).
     Those that wore out ``max_attempts`` workers fail instead of looping."""
-    now = utcnow()
+    now = utcnow_naive()
     expired = (Study.status == RUNNING) & (Study.claimed_until < now)
     waiting = (Study.status == QUEUED) & (
         Study.enqueued_at < now - timedelta(seconds=requeue_after_s))

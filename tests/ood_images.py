@@ -176,14 +176,14 @@ def served_distances(model_path: Path, images: list[bytes]) -> np.ndarray:
     """Distances as the app computes them: the served graph's last feature map of each
     decoded and prepared upload, pooled, against the profile beside the model."""
     from inference.ood import load_profile, pool_features, profile_path
-    from inference.preprocess import decode_image, prepare
+    from inference.preprocess import decode_image, model_input
     from inference.cards import ModelCard
     from inference.runners import KerasGraphBackend, load_keras_model
 
     model, _ = load_keras_model(model_path)
     card = ModelCard.load(model_path.with_suffix(".json"), "vgg16", "ct")
     backend = KerasGraphBackend(model, card.input_size)
-    batch = np.stack([prepare(decode_image(data).pixels, card) for data in images])
+    batch = np.stack([model_input(decode_image(data).pixels, card) for data in images])
     return load_profile(profile_path(model_path)).distances(pool_features(backend.run(batch)[1]))
 
 

@@ -25,7 +25,7 @@ from sqlalchemy import inspect, select
 from app import create_app
 from config import Config
 from contact.mailer import claim, forward_pending, reserve_due
-from contact.models import ContactMessage, utcnow
+from contact.models import ContactMessage, utcnow_aware
 from extensions import db
 
 from .conftest import testing_config
@@ -172,13 +172,13 @@ def test_live_lease_is_respected_and_expired_lease_reclaimed(mail, apps):
     app = apps.new()
     marker = new_marker()
     row_id = store(app, marker, claim_token="another-sender",
-                   claimed_until=utcnow() + timedelta(minutes=5), forward_attempts=1)
+                   claimed_until=utcnow_aware() + timedelta(minutes=5), forward_attempts=1)
     with app.app_context():
         assert forward_pending() == (0, 0)  # someone else is sending it
         assert forward_pending(force=True) == (0, 0)  # even the CLI waits for that sender
     assert mail.inbox.markers() == {}
     with app.app_context():  # that sender died: its lease runs out
-        db.session.get(ContactMessage, row_id).claimed_until = utcnow() - timedelta(seconds=1)
+        db.session.get(ContactMessage, row_id).claimed_until = utcnow_aware() - timedelta(seconds=1)
         db.session.commit()
         assert forward_pending() == (1, 0)
         assert forward_pending() == (0, 0) and claim(row_id) is None  # sent: never again
@@ -188,7 +188,7 @@ def test_live_lease_is_respected_and_expired_lease_reclaimed(mail, apps):
 
 def test_cli_forward_sends_waiting_and_given_up_messages(mail, apps):
     app = apps.new()
-    later = utcnow() + timedelta(minutes=5)
+    later = utcnow_aware() + timedelta(minutes=5)
     fresh, waiting, given_up, busy = (new_marker(i) for i in range(4))
     store(app, fresh)
     store(app, waiting, claimed_until=later, forward_attempts=1, last_error="OSError: x")
@@ -268,7 +268,7 @@ def test_a_message_whose_sender_died_mid_send_is_sent_once(mail, apps):
     app = apps.new()
     marker = new_marker()
     store(app, marker, claim_token="0" * 32, forward_attempts=1,
-          claimed_until=utcnow() - timedelta(seconds=1))
+          claimed_until=utcnow_aware() - timedelta(seconds=1))
     assert app.test_client().get("/about").status_code == 200  # starts the worker
     assert wait_until(lambda: all_forwarded(app, 1))
     apps.stop_workers()

@@ -208,7 +208,7 @@ def test_dockerfile_builds_one_non_root_image_for_every_role():
 def test_dockerignore_keeps_secrets_state_and_models_out_of_the_image():
     patterns = dockerignore_patterns()
     for path in (".git/config", ".venv/bin/python", "instance/secret_key",
-                 "instance/contact.sqlite3", "models/vgg16/VGG16_CT_model.h5",
+                 "instance/lungscan.sqlite3", "instance/contact.sqlite3", "models/vgg16/VGG16_CT_model.h5",
                  "models/vgg16/VGG16_CT_model.0123456789abcdef.v2.onnx", "deploy/.env",
                  "tests/test_api.py", "web/__pycache__/api.cpython-311.pyc"):
         assert dockerignored(path, patterns), path

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app import create_app
-from inference.preprocess import decode_image, prepare
+from inference.preprocess import decode_image, model_input
 from inference.cards import ModelCard
 
 from .conftest import testing_config
@@ -26,7 +26,7 @@ def full_size(tmp_path_factory):
     for arch, modality in PUBLISHED:
         model = full_size_model(arch)
         install(model, root, arch, modality)
-        batch = prepare(image, ModelCard(arch, modality))[None]
+        batch = model_input(image, ModelCard(arch, modality))[None]
         expected[(modality, arch)] = model.predict(batch, verbose=0)[0]
         del model
     return root, expected

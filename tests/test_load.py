@@ -165,7 +165,7 @@ class ContactClient:
 
 
 def stored_subjects(instance: Path) -> Counter:
-    with sqlite3.connect(instance / "contact.sqlite3", timeout=30) as connection:
+    with sqlite3.connect(instance / "lungscan.sqlite3", timeout=30) as connection:
         return Counter(row[0] for row in connection.execute(
             "SELECT subject FROM contact_messages"))
 

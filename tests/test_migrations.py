@@ -177,6 +177,29 @@ def test_a_contact_database_from_before_migrations_keeps_its_rows(tmp_path, new_
     assert_matches_the_models(new_app())  # a second start changes nothing
 
 
+def test_the_default_database_keeps_an_existing_file_of_the_old_name(tmp_path,
+                                                                  monkeypatch):
+    """Without a database URL the instance folder holds lungscan.sqlite3; an instance
+    that already has contact.sqlite3 (the earlier name) goes on using it, rows and all."""
+    def app_in(instance: Path):
+        monkeypatch.setenv("FLASK_INSTANCE_PATH", str(instance))
+        config = testing_config(tmp_path)
+        del config["SQLALCHEMY_DATABASE_URI"]
+        return create_app(config)
+
+    fresh = app_in(tmp_path / "fresh")
+    assert fresh.config["SQLALCHEMY_DATABASE_URI"].endswith("/fresh/lungscan.sqlite3")
+    assert (tmp_path / "fresh" / "lungscan.sqlite3").is_file()
+    (tmp_path / "old").mkdir()
+    sqlite_file(tmp_path / "old", CONTACT_BEFORE_CLAIMS, OLD_MESSAGE).rename(
+        tmp_path / "old" / "contact.sqlite3")
+    old = app_in(tmp_path / "old")
+    assert old.config["SQLALCHEMY_DATABASE_URI"].endswith("/old/contact.sqlite3")
+    assert not (tmp_path / "old" / "lungscan.sqlite3").exists()
+    with old.app_context():
+        assert db.session.get(ContactMessage, 7).subject == "Kept"
+
+
 def test_studies_from_before_pacs_gain_the_pacs_columns(tmp_path, new_app):
     sqlite_file(tmp_path, STUDIES_BEFORE_PACS, OLD_MESSAGE, (
         "INSERT INTO studies (id, status, modality, model, explain, total, done, models, "

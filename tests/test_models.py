@@ -11,7 +11,7 @@ import pytest
 from inference.errors import ModelUnavailable
 from inference.cache import ModelCache
 from inference.predict import covid_probability
-from inference.preprocess import decode_image, prepare
+from inference.preprocess import decode_image, model_input
 from inference.registry import discover
 from inference.cards import ModelCard
 
@@ -60,7 +60,7 @@ def test_keras2_file_loads_with_outputs_equal_to_tf_keras(tmp_path):
     model = tiny_model(keras_module=tf_keras, seed=3)
     install(model, tmp_path, "resnet50", "xray", CARD_32)
     loaded = ModelCache().get(entry_for(tmp_path, "xray", "resnet50"))
-    batch = prepare(decode_image(png_bytes(seed=5)).pixels, loaded.card)[None]
+    batch = model_input(decode_image(png_bytes(seed=5)).pixels, loaded.card)[None]
     expected = model.predict(batch, verbose=0)
     np.testing.assert_allclose(loaded.run_batch(batch), expected, atol=1e-5)
 
@@ -157,7 +157,7 @@ def test_sigmoid_model_end_to_end(tmp_path):
     model = tiny_model(outputs=1, seed=4)
     install(model, tmp_path, "vgg19", "xray", CARD_32)
     loaded = ModelCache().get(entry_for(tmp_path, "xray", "vgg19"))
-    batch = prepare(decode_image(png_bytes(seed=9)).pixels, loaded.card)[None]
+    batch = model_input(decode_image(png_bytes(seed=9)).pixels, loaded.card)[None]
     expected = float(model.predict(batch, verbose=0)[0, 0])
     assert covid_probability(loaded.run_batch(batch)[0], loaded.card) == pytest.approx(
         expected, abs=1e-5)

@@ -11,7 +11,9 @@ import pytest
 from pydicom.uid import generate_uid
 
 from extensions import db
+from pacs.writeback import write_back
 from settings import settings_of
+from studies import service as studies
 from studies.models import Study
 
 from .conftest import testing_config
@@ -110,10 +112,9 @@ def test_one_click_analysis_writes_a_report_and_heatmaps_back(pacs_app, orthanc)
     assert len(instances) == 6 + 1 + 18
 
     # Writing again replaces, never duplicates.
-    from pacs.writeback import write_back
-
     with pacs_app.app_context():
-        write_back(pacs, pacs_app.extensions["inference"], view)
+        result = studies.result(settings_of(pacs_app).studies, view["id"])
+        write_back(pacs, pacs_app.extensions["inference"], result)
     assert len(pacs.instances(study_uid)) == 6 + 1 + 18
 
 

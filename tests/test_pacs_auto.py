@@ -139,7 +139,7 @@ def test_a_study_that_failed_for_want_of_the_pacs_is_tried_again_later(
     from datetime import timedelta
 
     from studies import store
-    from studies.models import utcnow
+    from studies.models import utcnow_naive
 
     app = auto_app(tmp_path, tiny_model_dir, orthanc)
     study_uid = upload_study(orthanc, ct_series(2, prefix="R"), "Retried CT")
@@ -148,13 +148,13 @@ def test_a_study_that_failed_for_want_of_the_pacs_is_tried_again_later(
     with app.app_context():
         first = db.session.get(PacsArrival, study_uid).study_id
         store.fail(first, None, "pacs_unavailable", "The PACS at ... cannot be reached.")
-        watch.retry_unreachable()
+        watch.retry_unreachable(settings_of(app).pacs)
         arrival = db.session.get(PacsArrival, study_uid)
-        assert arrival.study_id is None and arrival.next_try_at > utcnow()
+        assert arrival.study_id is None and arrival.next_try_at > utcnow_naive()
     assert tasks.pacs_poll() == 0  # not before its delay
     with app.app_context():
         arrival = db.session.get(PacsArrival, study_uid)
-        arrival.next_try_at = utcnow() - timedelta(seconds=1)
+        arrival.next_try_at = utcnow_naive() - timedelta(seconds=1)
         db.session.commit()
     assert tasks.pacs_poll() == 1
     assert len(studies_for(app, study_uid)) == 2  # a new attempt, the failed one kept

@@ -171,8 +171,8 @@ def test_bad_uids_and_modalities_are_refused_before_any_request(client):
         client.studies("CT\\MR*")
 
 
-def test_ping_answers_with_the_right_credentials(client):
-    client.ping()
+def test_a_search_answers_with_the_right_credentials(client):
+    assert isinstance(client.studies(limit=1), list)
 
 
 @pytest.mark.parametrize("username, password", [(USER, "wrong-pw-SECRET"),
@@ -236,7 +236,7 @@ def test_a_stopped_orthanc_cannot_be_reached_and_a_restarted_one_keeps_its_studi
         study_uid = generate_uid()
         server.upload(ct_study(1, study_uid)[0])
         client = PacsClient(PacsSettings(server.dicomweb_url, timeout_s=5))
-        client.ping()
+        client.studies(limit=1)
         server.stop()
         with pytest.raises(PacsError) as caught:
             client.studies()
@@ -302,7 +302,7 @@ def canned_client(canned, **settings) -> PacsClient:
 def test_a_server_that_answers_garbage_is_a_pacs_error(canned, content_type, body):
     canned.answer(200, content_type, body)
     client = canned_client(canned)
-    for call in (client.ping, client.studies, lambda: client.instances("1.2.3"),
+    for call in (lambda: client.studies(limit=1), client.studies, lambda: client.instances("1.2.3"),
                  lambda: client.retrieve("1.2.3", "1.2.3.4", "1.2.3.4.5")):
         with pytest.raises(PacsError) as caught:
             call()
@@ -357,5 +357,5 @@ def test_a_server_that_never_answers_times_out():
 def test_a_url_to_the_wrong_path_reports_the_status(orthanc):
     client = PacsClient(PacsSettings(f"{orthanc.url}/not-dicom-web", USER, PASSWORD))
     with pytest.raises(PacsError) as caught:
-        client.ping()
+        client.studies(limit=1)
     assert caught.value.status_code == 404 and "HTTP 404" in caught.value.message

@@ -21,7 +21,7 @@ from pacs import writeback
 from pacs.client import PacsClient
 from config import Config
 from settings import settings_of
-from studies.models import Study, utcnow
+from studies.models import Study, utcnow_naive
 
 from .conftest import reconfigure, run_queued_jobs, testing_config
 from .orthanc_server import needs_orthanc, orthanc_server
@@ -194,7 +194,7 @@ def test_a_lost_queue_message_is_queued_again_after_the_lease(
 
 def add_study(study_id: str, **values) -> None:
     row = dict(id=study_id, status="done", modality="ct", model="vgg16", source="pacs",
-               pacs_study_uid="1.2.3.4", write_after=utcnow() - timedelta(seconds=5))
+               pacs_study_uid="1.2.3.4", write_after=utcnow_naive() - timedelta(seconds=5))
     row.update(values)
     db.session.add(Study(**row))
     db.session.commit()
@@ -206,7 +206,7 @@ def test_two_apps_sweeping_one_database_reserve_a_due_study_once(tmp_path, insta
             for name in ("a", "b")]
     with apps[0].app_context():
         add_study("due")
-        add_study("later", write_after=utcnow() + timedelta(hours=1))
+        add_study("later", write_after=utcnow_naive() + timedelta(hours=1))
         add_study("off", write_after=None)  # finished while write-back was off
         add_study("written", written=[{"sop_instance_uid": "1.2"}])
         add_study("worn-out", write_attempts=Config.PACS_WRITE_MAX_ATTEMPTS)
@@ -227,7 +227,7 @@ def test_two_apps_sweeping_one_database_reserve_a_due_study_once(tmp_path, insta
 
     with apps[0].app_context():  # the lease ended (its job was lost)
         db.session.execute(update(Study).where(Study.id == "due")
-                           .values(write_after=utcnow() - timedelta(seconds=1)))
+                           .values(write_after=utcnow_naive() - timedelta(seconds=1)))
         db.session.commit()
     # Two housekeeping sweeps at once (the job queue is one per process: the last app's).
     tasks, start, counts = apps[1].extensions["tasks"], threading.Barrier(2), []
@@ -272,7 +272,7 @@ def test_after_the_last_try_housekeeping_leaves_it_and_the_command_writes_it(
     status, words = write_back_line(client, url)
     assert status == "failed" and "flask pacs write-back" in words
     row = study_row(app, url)
-    while utcnow() <= row.write_after:  # past its time, yet out of automatic tries
+    while utcnow_naive() <= row.write_after:  # past its time, yet out of automatic tries
         time.sleep(0.05)
     assert app.extensions["tasks"].housekeeping() == 0
     assert run_queued_jobs(app) == 0

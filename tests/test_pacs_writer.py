@@ -18,6 +18,7 @@ from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, ge
 from pacs import captures as capture_module
 from pacs.captures import heatmap_captures
 from pacs.report_sr import RESEARCH_WARNING, SOFTWARE_NAME, structured_report
+from studies.result import ImageResult, StudyResult
 
 from .dicom_factory import PATIENT_ID, PATIENT_NAME, new_dataset
 from .study_helpers import ct_series
@@ -89,8 +90,22 @@ def make_view(headers: list[pydicom.Dataset], modality: str = "ct") -> dict:
                         "rule_parameters": {"min_run": 5, "min_share": 0.25}}}
 
 
+def as_result(view: dict) -> StudyResult:
+    """The typed result the writers are fed, from a view-shaped dict a test can edit."""
+    images = tuple(ImageResult(
+        index=i["index"], name=i["name"], series_uid=i["series_uid"],
+        instance_number=i["instance_number"], status=i["status"], results=tuple(i["results"]),
+        covid_probability=i["covid_probability"], positive=i["positive"],
+        error_code=(i.get("error") or {}).get("code")) for i in view["images"])
+    return StudyResult(id=view["id"], study_uid=None, status=view["status"],
+                       modality=view["modality"], explain=False, models=tuple(view["models"]),
+                       images=images, verdict=view.get("verdict"),
+                       warnings=tuple(view["warnings"]), written=None,
+                       disclaimer=view["disclaimer"])
+
+
 def make_report(evidence, view):
-    return structured_report(view, evidence, VERSIONS, "2.1.0", "1.2.826.0.1.3680043.8.498.2",
+    return structured_report(as_result(view), evidence, VERSIONS, "2.1.0", "1.2.826.0.1.3680043.8.498.2",
                              "1.2.826.0.1.3680043.8.498.1")
 
 
@@ -108,7 +123,7 @@ def uid_for(index: int, arch: str) -> str:
 def make_captures(evidence, view, heatmaps=None):
     heatmaps = heatmaps or [
         (index, arch, png(index, size)) for index, arch, size in HEATMAPS]
-    return heatmap_captures(view, evidence, heatmaps, "2.1.0", "1.2.826.0.1.3680043.8.498.3",
+    return heatmap_captures(as_result(view), evidence, heatmaps, "2.1.0", "1.2.826.0.1.3680043.8.498.3",
                             uid_for)
 
 
@@ -257,7 +272,7 @@ def test_captures_carry_the_warning_and_the_answer_in_their_pixels(evidence):
     for capture, (index, arch, size) in zip(make_captures(evidence, view, heatmaps), HEATMAPS):
         pixels = reread(capture).pixel_array
         width = pixels.shape[1]
-        label = capture_module.caption(index, view["images"][index], arch)
+        label = capture_module.caption(index, as_result(view).images[index], arch)
         assert f"{arch} - Image {index + 1}" in label
         assert f"probability {probability(index, arch):.3f}" in label
         top = np.asarray(capture_module.band(width, [RESEARCH_WARNING, label]))

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from inference.errors import UnsupportedImage, UnusableImage
-from inference.preprocess import decode_image, prepare, resize
+from inference.preprocess import decode_image, model_input, resize
 from inference.cards import ModelCard
 
 
@@ -113,7 +113,7 @@ def test_prepare_defaults_match_the_published_pipeline():
 
     pixels = decode_image(encode(Image.fromarray(RGB), "PNG")).pixels
     card = ModelCard("vgg16", "ct")
-    prepared = prepare(pixels, card)
+    prepared = model_input(pixels, card)
     expected = cv2.resize(RGB, (224, 224)).astype(np.float32) / 255.0
     assert prepared.shape == (224, 224, 3) and prepared.dtype == np.float32
     np.testing.assert_allclose(prepared, expected, atol=1e-6)
@@ -123,13 +123,13 @@ def test_prepare_imagenet_equals_keras_preprocess_input():
     from keras.applications import inception_v3, resnet50, vgg16
 
     card = ModelCard("vgg16", "ct", input_size=(30, 40), preprocessing="imagenet")
-    np.testing.assert_allclose(prepare(RGB, card),
+    np.testing.assert_allclose(model_input(RGB, card),
                                vgg16.preprocess_input(RGB.astype(np.float32)), atol=1e-4)
     card = ModelCard("resnet50", "ct", input_size=(30, 40), preprocessing="imagenet")
-    np.testing.assert_allclose(prepare(RGB, card),
+    np.testing.assert_allclose(model_input(RGB, card),
                                resnet50.preprocess_input(RGB.astype(np.float32)), atol=1e-4)
     card = ModelCard("inceptionv3", "ct", input_size=(30, 40), preprocessing="imagenet")
-    np.testing.assert_allclose(prepare(RGB, card),
+    np.testing.assert_allclose(model_input(RGB, card),
                                inception_v3.preprocess_input(RGB.astype(np.float32)),
                                atol=1e-5)
 

@@ -131,7 +131,7 @@ def test_real_server_keeps_no_upload_on_disk_and_nothing_private_in_its_log(
     roots = [server.tmpdir, server.instance, privacy_models, Path(tempfile.gettempdir())]
     assert not files_containing(roots, upload_needles, started)
     body_needles = encodings(body_marker)
-    database = lambda path: path.name.startswith("contact.sqlite3")  # noqa: E731 - stored there
+    database = lambda path: path.name.startswith("lungscan.sqlite3")  # noqa: E731 - stored there
     assert not files_containing(roots, body_needles, started, skip=database)
     assert files_containing([server.instance], body_needles, started)  # the check can see it
     log = server.log_path.read_bytes()

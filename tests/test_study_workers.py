@@ -13,7 +13,7 @@ from sqlalchemy import update
 
 from extensions import db
 from studies import store
-from studies.models import FAILED, QUEUED, RUNNING, Study, utcnow
+from studies.models import FAILED, QUEUED, RUNNING, Study, utcnow_naive
 from studies.intake import StudyFile
 from studies.ordering import order_files
 
@@ -40,7 +40,7 @@ def new_study(count: int = 3) -> str:
 
 def expire_lease(study_id: str) -> None:
     db.session.execute(update(Study).where(Study.id == study_id)
-                       .values(claimed_until=utcnow() - timedelta(seconds=1)))
+                       .values(claimed_until=utcnow_naive() - timedelta(seconds=1)))
     db.session.commit()
 
 
@@ -81,7 +81,7 @@ def test_housekeeping_requeues_dead_workers_and_fails_worn_out_studies(db_app):
         store.claim(worn, 60)
         expire_lease(worn)
     db.session.execute(update(Study).where(Study.id == waiting)
-                       .values(enqueued_at=utcnow() - timedelta(hours=1)))
+                       .values(enqueued_at=utcnow_naive() - timedelta(hours=1)))
     db.session.commit()
     again = store.stale_studies(requeue_after_s=300, max_attempts=3)
     assert sorted(again) == sorted([dead, waiting])

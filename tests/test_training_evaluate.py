@@ -9,7 +9,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from inference.preprocess import decode_image, prepare
+from inference.preprocess import decode_image, model_input
 from inference.cards import ModelCard
 from training.__main__ import main
 from training.datasets import load_dataset
@@ -113,7 +113,7 @@ def test_evaluate_a_published_model_without_card(tmp_path, capsys):
 
     dataset = load_dataset(data)
     card = ModelCard("vgg16", "ct")
-    inputs = np.stack([prepare(decode_image(p.read_bytes()).pixels, card)
+    inputs = np.stack([model_input(decode_image(p.read_bytes()).pixels, card)
                        for p in (s.path for s in dataset.samples)])
     probability = model.predict(inputs, verbose=0)[:, 1]
     assert report["subset"] == "all" and report["card"] is None

@@ -1,5 +1,5 @@
 """Training: it learns, it writes the published layout and a complete card, its
-pipeline feeds exactly what the app's ``prepare`` gives, and the app serves the result."""
+pipeline feeds exactly what the app's ``model_input`` gives, and the app serves the result."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from inference.runners import load_keras_model
 from inference.predict import verdict
-from inference.preprocess import decode_image, prepare
+from inference.preprocess import decode_image, model_input
 from inference.registry import discover
 from inference.cards import ModelCard
 from training.__main__ import main
@@ -117,7 +117,7 @@ def test_pipeline_feeds_what_the_app_prepares(tmp_path):
     batches = make_dataset(dataset.paths, dataset.labels, card, batch_size=4)
     images = np.concatenate([x.numpy() for x, _ in batches])
     labels = np.concatenate([y.numpy() for _, y in batches])
-    expected = np.stack([prepare(decode_image(s.path.read_bytes()).pixels, card)
+    expected = np.stack([model_input(decode_image(s.path.read_bytes()).pixels, card)
                          for s in dataset.samples])
     np.testing.assert_array_equal(images, expected)
     np.testing.assert_array_equal(labels, dataset.labels)
@@ -191,7 +191,7 @@ def test_train_then_serve_round_trip(vgg_run, tmp_path):
     model, _ = load_keras_model(model_path)
     served_card = next(e.card for e in discover(root / "models")
                        if e.key == ("ct", "vgg16"))
-    expected = float(model.predict(prepare(decode_image(image_path.read_bytes()).pixels,
+    expected = float(model.predict(model_input(decode_image(image_path.read_bytes()).pixels,
                                            served_card)[None], verbose=0)[0, 1])
     assert result["covid_probability"] == pytest.approx(expected, abs=1e-5)
     assert result["threshold"] == 0.37

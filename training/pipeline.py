@@ -1,6 +1,6 @@
 """tf.data input pipelines that feed models exactly what the app feeds them.
 
-Every image goes through the app's own ``decode_image`` and ``prepare`` (inside
+Every image goes through the app's own ``decode_image`` and ``model_input`` (inside
 ``tf.numpy_function``, decoded in parallel), so a model trained here sees the inputs it
 will see when served. Prepared images are cached once; augmentation runs after the
 cache on whole batches, so each epoch gets fresh variations without decoding again.
@@ -14,21 +14,21 @@ from pathlib import Path
 import numpy as np
 
 from inference.runtime import import_tensorflow
-from inference.preprocess import decode_image, prepare
+from inference.preprocess import decode_image, model_input
 from inference.cards import ModelCard
 
 SHUFFLE_BUFFER = 512
 
 
 def load_prepared(path: str | bytes, card: ModelCard) -> np.ndarray:
-    """One file -> the float32 model input, through the app's decode and prepare."""
+    """One file -> the float32 model input, through the app's decode and model_input."""
     name = path.decode() if isinstance(path, bytes) else str(path)
     data = Path(name).read_bytes()
     try:
         decoded = decode_image(data, filename=name)
     except Exception as exc:  # noqa: BLE001 - name the file whatever went wrong
         raise ValueError(f"{name}: {getattr(exc, 'message', exc)}") from exc
-    return prepare(decoded.pixels, card).astype(np.float32, copy=False)
+    return model_input(decoded.pixels, card).astype(np.float32, copy=False)
 
 
 def augmentation(modality: str, seed: int = 0):

@@ -1,6 +1,6 @@
 """``predict``: score many files with the installed models, the way the app does.
 
-The same registry, cache, decoder, ``prepare``, output reading and threshold as the
+The same registry, cache, decoder, ``model_input``, output reading and threshold as the
 web app; the only difference is that images go through each model in batches.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from inference.errors import ModelUnavailable, ServiceError
 from inference.cache import ModelCache
 from inference.predict import ModelResult, combine, model_result, select_entries
-from inference.preprocess import decode_image, prepare
+from inference.preprocess import decode_image, model_input
 from inference.registry import discover, normalize_architecture, normalize_modality
 
 from .datasets import IMAGE_SUFFIXES, natural_key
@@ -95,7 +95,7 @@ def score_files(files: list[Path], modality: str, model: str, model_dir: str,
             errors.update({i: error for i, (_, error) in zip(chunk, decoded) if error})
             for loaded in models if ready else []:
                 card = loaded.card
-                inputs = np.stack(list(pool.map(lambda item: prepare(item[1], card), ready)))
+                inputs = np.stack(list(pool.map(lambda item: model_input(item[1], card), ready)))
                 for (i, _), output in zip(ready, loaded.run_batch(inputs)):
                     per_file[i].append(_result(loaded, output))
             bar.update(len(chunk))

@@ -1,7 +1,7 @@
 """``profile``: the feature profile the app's out-of-distribution check reads.
 
 Features are computed the serving way: the model traced as the app serves it
-(``KerasGraphBackend``), fed images through the app's own decode and ``prepare``, its
+(``KerasGraphBackend``), fed images through the app's own decode and ``model_input``, its
 last feature map averaged over height and width. The mean and a Ledoit-Wolf shrunk
 covariance are fitted on one part of the images; the threshold is the 99th percentile
 of the distances of the other part, which the fit never saw, so about 1 % of new images

@@ -75,15 +75,23 @@ def save_atomically(model, card: dict, model_path: Path) -> None:
     os.replace(partial_model, model_path)
 
 
+def seeded_tensorflow(seed: int, deterministic: bool):
+    """TensorFlow with every seed set; ``deterministic`` also fixes the op order."""
+    import keras
+
+    tf = import_tensorflow()
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        # Seeds alone leave thread timing free to reorder float sums and random draws.
+        tf.config.experimental.enable_op_determinism()
+    return tf
+
+
 def run_training(args, base_builder: BaseBuilder | None = None) -> dict:
     """Train as ``args`` say; returns the card written beside the model."""
     import keras
 
-    tf = import_tensorflow()
-    keras.utils.set_random_seed(args.seed)
-    if args.deterministic:
-        # Seeds alone leave thread timing free to reorder float sums and random draws.
-        tf.config.experimental.enable_op_determinism()
+    tf = seeded_tensorflow(args.seed, args.deterministic)
     arch, modality = args.arch, MODALITY_ALIASES[args.modality]
     size = args.input_size or ARCHITECTURES[arch].default_input_size[0]
     card = ModelCard(arch, modality, classes=CLASSES, input_size=(size, size),

@@ -6,8 +6,8 @@ from extensions import limiter
 from inference.errors import InvalidRequest
 
 from .openapi import openapi_document
-from .services import inference_service
 from .security import PREDICT_LIMIT_SCOPE, predict_limit, reject_repeated_api_fields
+from .services import inference_service
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(reject_repeated_api_fields)

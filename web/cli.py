@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from inference.conversion import ConversionRefused
 from inference.errors import InvalidRequest, ModelUnavailable
-from inference.registry import (ARCHITECTURES, ModelEntry, chosen, normalize_architecture,
-                                normalize_modality)
+from inference.install import install_models, remove_model
+from inference.registry import (
+    ARCHITECTURES,
+    ModelEntry,
+    chosen,
+    normalize_architecture,
+    normalize_modality,
+)
+from inference.runners import conversion_supported
+from inference.sources import InstallError
 
 models_cli = AppGroup("models", help="Install, inspect, convert and load the models.")
 
@@ -79,8 +89,6 @@ def compile_models(modality, architecture, force):
     serves it from its next request for that model. A running server also converts
     new models by itself in the background (PREPARE_MODELS).
     """
-    from inference.conversion import ConversionRefused
-    from inference.runners import conversion_supported
 
     if not conversion_supported():
         raise click.ClickException("ONNX conversion needs onnx, onnxruntime and tf2onnx.")
@@ -122,8 +130,6 @@ def install(source, modality, arch, sha256):
     published layout with a card recording its source and SHA-256, and converted for
     ONNX Runtime. Nothing is placed unless every file passes.
     """
-    from inference.install import install_models
-    from inference.sources import InstallError
 
     try:
         install_models(current_app.extensions["inference"], source,
@@ -139,8 +145,6 @@ def install(source, modality, arch, sha256):
 @click.argument("arch")
 def remove(modality, arch):
     """Delete one model: its .h5, its card and its ONNX conversions."""
-    from inference.install import remove_model
-    from inference.sources import InstallError
 
     try:
         remove_model(current_app.extensions["inference"], normalize_modality(modality),

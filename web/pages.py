@@ -12,8 +12,8 @@ from inference.registry import ARCHITECTURES, MODALITIES
 from .errors import status_and_code
 from .forms import UploadForm
 from .report import report_data_uri, result_context
-from .services import inference_service
 from .security import PREDICT_LIMIT_SCOPE, predict_limit
+from .services import inference_service
 
 bp = Blueprint("pages", __name__)
 
