@@ -99,7 +99,7 @@ class PacsSettings:
         if not url:
             return None
         try:
-            timeout_s = float(config.get("DICOMWEB_TIMEOUT_S", 30))
+            timeout_s = float(config["DICOMWEB_TIMEOUT_S"])
         except (TypeError, ValueError):
             raise PacsNotConfigured("DICOMWEB_TIMEOUT_S must be a number of seconds.") from None
         return cls(url=url, username=environ.get("DICOMWEB_USERNAME") or None,

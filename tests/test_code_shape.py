@@ -107,6 +107,15 @@ def test_extensions_and_the_queue_import_no_domain():
         assert not {m for m in graph[module] if m.split(".")[0] in domains}, module
 
 
+def test_no_domain_imports_the_web_edge_or_the_factory():
+    graph = import_graph()
+    for module, targets in graph.items():
+        if module.split(".")[0] in ("contact", "inference", "jobs", "pacs", "studies",
+                                    "training", "settings", "extensions"):
+            upward = {t for t in targets if t == "app" or t.split(".")[0] == "web"}
+            assert not upward, module
+
+
 def test_no_module_or_function_is_too_long():
     too_long = []
     for module, path in application_modules().items():

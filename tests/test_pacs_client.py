@@ -199,8 +199,8 @@ def test_settings_take_credentials_only_from_the_environment():
     basic = PacsSettings.from_config(config, {"DICOMWEB_USERNAME": USER,
                                               "DICOMWEB_PASSWORD": PASSWORD})
     assert (basic.username, basic.password, basic.token) == (USER, PASSWORD, None)
-    bearer = PacsSettings.from_config({"DICOMWEB_URL": "https://pacs.example/dw"},
-                                      {"DICOMWEB_TOKEN": TOKEN})
+    defaults = {**vars(Config), "DICOMWEB_URL": "https://pacs.example/dw"}
+    bearer = PacsSettings.from_config(defaults, {"DICOMWEB_TOKEN": TOKEN})
     assert (bearer.token, bearer.timeout_s, bearer.origin) == \
         (TOKEN, 30.0, "https://pacs.example:443")
     assert PacsSettings.from_config({"DICOMWEB_URL": ""}, {"DICOMWEB_TOKEN": TOKEN}) is None
@@ -218,7 +218,7 @@ def test_settings_take_credentials_only_from_the_environment():
 ])
 def test_unusable_settings_say_so_without_echoing_them(url, environ):
     with pytest.raises(PacsNotConfigured) as caught:
-        PacsSettings.from_config({"DICOMWEB_URL": url}, environ)
+        PacsSettings.from_config({**vars(Config), "DICOMWEB_URL": url}, environ)
     assert "pw@" not in caught.value.message and PASSWORD not in caught.value.message
 
 
