@@ -32,8 +32,6 @@ from .verdict import ImageAnswer, study_verdict
 
 log = logging.getLogger(__name__)
 
-AHEAD = 16  # images decoded ahead of the models (two batches of the default size)
-
 
 @dataclass
 class Ready:
@@ -47,13 +45,13 @@ class Ready:
 
 
 def decode_ahead(indexes: list[int], read: Callable[[int], bytes | None],
-                 decode: Callable[[int, bytes | None], Ready]) -> Iterator[Ready]:
-    """Yield each image decoded, in order; a helper thread works ``AHEAD`` images on."""
+                 decode: Callable[[int, bytes | None], Ready], ahead: int) -> Iterator[Ready]:
+    """Yield each image decoded, in order; a helper thread works ``ahead`` images on."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="study-decode") as pool:
         window: deque[Future] = deque()
         for index in indexes:
             window.append(pool.submit(decode, index, read(index)))
-            if len(window) >= AHEAD:
+            if len(window) >= ahead:
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
@@ -183,7 +181,8 @@ class StudyRun:
                                 warnings):
             return False
         pending = store.pending_indexes(self.study.id)
-        stream = decode_ahead(pending, lambda i: store.file_bytes(self.study.id, i), self.decode)
+        stream = decode_ahead(pending, lambda i: store.file_bytes(self.study.id, i), self.decode,
+                              ahead=2 * self.settings.batch)  # two batches in flight
         with BatchWriter(self.save) as writer:
             for batch in batches(stream, self.settings.batch):
                 if not writer.put(self.analyse(batch)):
