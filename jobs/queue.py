@@ -1,4 +1,4 @@
-"""The task queue (Huey) as a Flask extension: one code path from laptop to cluster.
+"""The task queue (Huey), generic: one code path from laptop to cluster.
 
 Without ``BROKER_URL`` the queue is a SQLite file in the instance folder and each web
 process runs an embedded worker thread, so ``make run`` needs no server. With
