@@ -48,13 +48,22 @@ def smtp_configured() -> bool:
     return mail().configured
 
 
+def one_line(text: str) -> str:
+    """A header value: line breaks and other control characters become spaces (a
+    header may not hold them, and a row stored before the form refused them must
+    still be sent)."""
+    return " ".join("".join(" " if ch.isspace() or ord(ch) < 32 or ord(ch) == 127 else ch
+                            for ch in text).split())
+
+
 def build_email(row: ContactMessage) -> EmailMessage:
     config = mail()
     email = EmailMessage()
     email["From"] = config.sender
     email["To"] = config.recipient
-    email["Reply-To"] = row.email
-    email["Subject"] = f"[{CATEGORIES.get(row.category, row.category)}] {row.subject}"
+    email["Reply-To"] = one_line(row.email)
+    email["Subject"] = one_line(f"[{CATEGORIES.get(row.category, row.category)}] "
+                                f"{row.subject}")
     email.set_content(
         f"From: {row.name} <{row.email}>\nPhone: {row.phone or '-'}\n"
         f"Received: {row.created_at.isoformat() if row.created_at else '-'}\n\n{row.message}\n"

@@ -9,15 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from .cache import LoadedModel, ModelCache
+from .conversion import folder_lock
 from .image import DecodedImage
 from .ood import profile_path
-from .conversion import folder_lock
 from .precision import DEFAULT_TOLERANCE
 from .predict import Prediction, predict
 from .preparation import Preparer, convert_entry
 from .preprocess import decode_image
-from .registry import (ModelEntry, discover, entries_for, normalize_architecture,
-                       normalize_modality)
+from .registry import (
+    ModelEntry,
+    discover,
+    entries_for,
+    normalize_architecture,
+    normalize_modality,
+)
+from .sources import public_source
 
 
 class InferenceService:
@@ -90,7 +96,7 @@ class InferenceService:
             "preprocessing": card.preprocessing,
             "threshold": card.threshold,
             "metrics": card.metrics,
-            "source": card.extra.get("source"),
+            "source": public_source(card.extra.get("source")),
             "sha256": card.extra.get("sha256"),
             "card_error": entry.card_error or self._fit_error(entry),
             "ood_profile": entry.available and profile_path(entry.path).is_file(),

@@ -73,6 +73,19 @@ def is_url(source: str) -> bool:
     return urlparse(source).scheme in ("http", "https")
 
 
+def public_source(source: str | None) -> str | None:
+    """Where a model came from, fit to show anyone: a URL without credentials, query
+    or fragment (a signed link's token lives there), a local path as its last name
+    only (the server's folders are nobody's business)."""
+    if not source:
+        return None
+    if is_url(source):
+        parts = urlparse(source)
+        host = parts.hostname or ""
+        return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+    return Path(source).name
+
+
 def is_drive(source: str) -> bool:
     return urlparse(source).hostname in DRIVE_HOSTS
 

@@ -92,7 +92,7 @@ def study_csv(view: dict) -> str:
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     for image in view["images"]:
-        base = [image["index"], _safe(image["name"]), image["series_uid"] or "",
+        base = [image["index"], _safe(image["name"]), _safe(image["series_uid"] or ""),
                 image["instance_number"] if image["instance_number"] is not None else "",
                 image["status"]]
         notes = _safe(" | ".join(image["warnings"]

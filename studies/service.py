@@ -73,7 +73,7 @@ def csv_text(config: StudySettings, study_id: str) -> str:
 
 def heatmap_png(config: StudySettings, study_id: str, index: int, architecture: str) -> bytes:
     study = store.get_study(study_id, config.retention_hours)
-    png = store.heatmap(study.id, index, architecture)
+    png = store.heatmap(study.id, index, architecture) if store.is_index(index) else None
     if png is None:
         raise StudyNotFound("This study has no heatmap of that image for that model.")
     return png
@@ -81,7 +81,7 @@ def heatmap_png(config: StudySettings, study_id: str, index: int, architecture: 
 
 def heatmaps_of(config: StudySettings, study_id: str, index: int) -> list[str]:
     study = store.get_study(study_id, config.retention_hours)
-    return store.heatmap_architectures(study.id, index)
+    return store.heatmap_architectures(study.id, index) if store.is_index(index) else []
 
 
 def delete(config: StudySettings, study_id: str) -> None:

@@ -23,6 +23,8 @@ from .models import (DONE, FAILED, PENDING, QUEUED, RUNNING, STUDY_TABLES, Study
                      StudyHeatmap, StudyImage, utcnow_naive)
 from .ordering import OrderedFile
 
+MAX_IMAGE_INDEX = 2**31 - 1
+
 
 def new_study_id() -> str:
     """192 random bits, URL-safe: the only key to a study's results."""
@@ -191,6 +193,12 @@ def _expired(study: Study, retention_hours: float) -> bool:
 def images_of(study_id: str) -> list[StudyImage]:
     return list(db.session.scalars(select(StudyImage).where(StudyImage.study_id == study_id)
                                    .order_by(StudyImage.index)))
+
+
+def is_index(index: int) -> bool:
+    """Whether an image number from a URL can name an image: the databases' integers
+    end at 2**31 - 1 (SQLite would raise on a larger one rather than find nothing)."""
+    return 0 <= index <= MAX_IMAGE_INDEX
 
 
 def heatmap(study_id: str, index: int, architecture: str) -> bytes | None:

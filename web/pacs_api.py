@@ -31,7 +31,9 @@ def start_analysis(study_uid: str) -> str:
 @bp.get("/studies")
 def studies():
     modality = (request.args.get("modality") or "").strip() or None
-    return jsonify({"studies": pacs.browse(pacs_client(), modality)})
+    response = jsonify({"studies": pacs.browse(pacs_client(), modality)})
+    response.headers["Cache-Control"] = "no-store"  # what a PACS holds is not cached
+    return response
 
 
 @bp.post("/studies/<study_uid>/analyses")
