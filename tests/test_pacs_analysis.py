@@ -66,7 +66,9 @@ def wait_written(client, url: str, deadline_s: float = 120) -> dict:
 def test_the_api_lists_pacs_studies_without_patient_data(pacs_app, orthanc):
     ct_uid = upload_study(orthanc, ct_series(3, prefix="L"), "Chest CT for listing")
     client = pacs_app.test_client()
-    listed = client.get("/api/v1/pacs/studies").get_json()["studies"]
+    answer = client.get("/api/v1/pacs/studies")
+    assert answer.headers["Cache-Control"] == "no-store"  # what a PACS holds is not cached
+    listed = answer.get_json()["studies"]
     mine = next(s for s in listed if s["study_uid"] == ct_uid)
     assert mine["modalities"] == ["CT"] and mine["images"] == 3
     assert mine["description"] == "Chest CT for listing"
