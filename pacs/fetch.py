@@ -14,8 +14,8 @@ from sqlalchemy import delete, func, select, update
 
 from extensions import db
 from inference.registry import modality_of_dicom
-from studies.errors import EmptyStudy
-from studies.intake import StudyFile
+from studies.errors import EmptyStudy, StudyTooLarge
+from studies.intake import Limits, StudyFile, too_many_bytes, too_many_images
 from studies.models import QUEUED, Study, StudyImage
 from studies.models import StudyFile as StoredFile
 from studies.ordering import OrderedFile, order_files
@@ -49,11 +49,13 @@ def header_only(data: bytes) -> bytes:
 
 
 class PacsSource:
-    """Fetches a PACS study's images into the study being run (``ImageSource``);
-    ``write_back`` says whether its answer is to be written back once it is done."""
+    """Fetches a PACS study's images into the study being run (``ImageSource``), within
+    the limits an upload has; ``write_back`` says whether its answer is to be written
+    back once it is done."""
 
-    def __init__(self, client: PacsClient, own_name: str, write_back: bool):
+    def __init__(self, client: PacsClient, own_name: str, write_back: bool, limits: Limits):
         self.client, self.own_name, self.write_back = client, own_name, write_back
+        self.limits = limits
 
     def fetch(self, study, token: str, lease_s: float) -> bool:
         if has_images(study.id):
@@ -63,10 +65,15 @@ class PacsSource:
         instances = [i for i in listed if wanted(i, study.modality, self.own_name)]
         if not instances:
             raise EmptyStudy("The PACS study holds no image of the chosen modality.")
-        headers, position = [], {}
+        if len(instances) > self.limits.max_images:
+            raise StudyTooLarge(too_many_images(self.limits))
+        headers, position, fetched = [], {}, 0
         for k, instance in enumerate(instances):
             data = self.client.retrieve(study.pacs_study_uid, instance["series_uid"],
                                         instance["sop_instance_uid"])
+            fetched += len(data)
+            if fetched > self.limits.max_bytes:
+                raise StudyTooLarge(too_many_bytes(self.limits))
             if not stage_file(study.id, token, lease_s, k, data):
                 return False
             headers.append(StudyFile(instance["sop_instance_uid"], header_only(data)))

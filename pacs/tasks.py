@@ -36,8 +36,10 @@ class PacsHooks:
         row = store.study_row(study_id)
         if row is None or row.source != "pacs":
             return None
-        config = settings_of(self.app).pacs
-        source = PacsSource(config.client(), SOFTWARE_NAME, config.writes_back)
+        settings = settings_of(self.app)
+        config = settings.pacs
+        source = PacsSource(config.client(), SOFTWARE_NAME, config.writes_back,
+                            settings.studies.limits)
         if source.write_back:
             writeback.expect(study_id, config.write_lease_s)
         return source

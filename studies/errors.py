@@ -6,6 +6,8 @@ from inference.errors import InvalidRequest, ServiceError, UnusableImage
 class StudyTooLarge(ServiceError):
     """More images, bytes or archive entries than this server takes in one study."""
 
+    code = "study_too_large"
+
 
 class UnsafeArchive(InvalidRequest):
     """An archive that could harm the server: nested archives, paths that climb out

@@ -73,7 +73,7 @@ def read_uploads(uploads: list[tuple[str | None, bytes]], limits: Limits) -> Int
     """Several uploaded files -> candidate images; an archive among them is refused, as a
     study comes either as files or as one archive, never as a mix."""
     if sum(len(data) for _, data in uploads) > limits.max_bytes:
-        raise StudyTooLarge(_too_many_bytes(limits))
+        raise StudyTooLarge(too_many_bytes(limits))
     sorter = _Sorter(limits)
     for index, (filename, data) in enumerate(uploads, 1):
         name = display_name(filename, index)
@@ -140,7 +140,7 @@ def _checked_entries(infos: list[zipfile.ZipInfo], limits: Limits) -> list[zipfi
                                 "bomb'): the archive was refused.")
         declared += info.file_size
         if declared > limits.max_bytes:
-            raise StudyTooLarge(_too_many_bytes(limits))
+            raise StudyTooLarge(too_many_bytes(limits))
     return to_read
 
 
@@ -158,7 +158,7 @@ def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int,
                 if size > info.file_size:
                     raise lied
                 if size > budget:
-                    raise StudyTooLarge(_too_many_bytes(limits))
+                    raise StudyTooLarge(too_many_bytes(limits))
                 chunks.append(chunk)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
             NotImplementedError, RuntimeError) as exc:
@@ -185,9 +185,7 @@ class _Sorter:
         else:
             self.files.append(StudyFile(name, data))
             if len(self.files) > self.limits.max_images:
-                raise StudyTooLarge(f"The study holds more than {self.limits.max_images} "
-                                    "images, the most this server analyses at once: split "
-                                    "it into smaller studies.")
+                raise StudyTooLarge(too_many_images(self.limits))
 
     def finish(self) -> Intake:
         notes = []
@@ -289,7 +287,12 @@ def _note(names: list[str], one: str, many: str) -> str:
     return f"Skipped {len(names)} {one if len(names) == 1 else many}: {listed}."
 
 
-def _too_many_bytes(limits: Limits) -> str:
+def too_many_images(limits: Limits) -> str:
+    return (f"The study holds more than {limits.max_images} images, the most this server "
+            "analyses at once: split it into smaller studies.")
+
+
+def too_many_bytes(limits: Limits) -> str:
     return (f"The study's files add up to more than {_mib(limits.max_bytes)} uncompressed, "
             "the most this server takes at once: split it into smaller studies.")
 

@@ -16,7 +16,7 @@ from settings import settings_of
 from studies import service as studies
 from studies.models import Study
 
-from .conftest import testing_config
+from .conftest import run_queued_jobs, testing_config
 from .dicom_factory import PATIENT_ID, PATIENT_NAME, to_bytes, xray_file
 from .orthanc_server import needs_orthanc, orthanc_server
 from .study_helpers import ct_series, wait_for_study
@@ -197,3 +197,26 @@ def test_the_command_line_lists_and_analyses(pacs_app, orthanc, caplog):
     with pacs_app.app_context():
         ids = {row.id for row in db.session.query(Study).all()}
     assert ids and not any(study_id in caplog.text for study_id in ids)  # nor a study's key
+
+
+@pytest.mark.parametrize("limit", [{"MAX_STUDY_IMAGES": 2}, {"MAX_STUDY_BYTES": 4096}])
+def test_a_pacs_study_past_the_study_limits_fails_plainly(tmp_path, tiny_model_dir,
+                                                          instance_path, orthanc, limit):
+    """A PACS study is held to the limits an upload is: more images or bytes than a
+    study may have fail the study with the same message, and nothing fetched is kept."""
+    from app import create_app
+    from studies.models import StudyFile
+
+    app = create_app(testing_config(tmp_path, MODEL_DIR=str(tiny_model_dir),
+                                    DICOMWEB_URL=orthanc.dicomweb_url, **limit))
+    study_uid = upload_study(orthanc, ct_series(3, prefix="T"), "Chest CT past the limits")
+    client = app.test_client()
+    answer = client.post(f"/api/v1/pacs/studies/{study_uid}/analyses",
+                         data={"modality": "ct", "model": "vgg16"})
+    assert answer.status_code == 202
+    run_queued_jobs(app)
+    view = client.get(answer.get_json()["url"]).get_json()
+    assert view["status"] == "failed" and view["error"]["code"] == "study_too_large"
+    assert "split it into smaller studies" in view["error"]["message"]
+    with app.app_context():
+        assert db.session.query(StudyFile).filter_by(study_id=view["id"]).count() == 0
