@@ -19,6 +19,7 @@ from typing import Callable
 from huey import PriorityRedisHuey, SqliteHuey
 
 from .retry import enqueue_or_defer
+from .serializer import JsonSerializer
 from .worker import EmbeddedWorker
 
 
@@ -27,7 +28,8 @@ def make_huey(broker_url: str | None, instance_path: str):
     url = (broker_url or "").strip()
     if url.startswith(("redis://", "rediss://", "unix://")):
         # The priority flavour, so contact mail goes ahead of queued studies (Redis >= 5).
-        return PriorityRedisHuey("lungscan", url=url, results=False)
+        return PriorityRedisHuey("lungscan", url=url, results=False,
+                                 serializer=JsonSerializer())
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
     elif url:
@@ -40,7 +42,8 @@ def make_huey(broker_url: str | None, instance_path: str):
     with open(path + ".lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            return SqliteHuey("lungscan", filename=path, results=False, timeout=30)
+            return SqliteHuey("lungscan", filename=path, results=False, timeout=30,
+                              serializer=JsonSerializer())
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
