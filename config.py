@@ -48,7 +48,8 @@ class Config:
     # Contact forwarding by SMTP: off unless MAIL_SERVER is set.
     MAIL_SERVER = None
     MAIL_PORT = 587
-    MAIL_USE_TLS = True
+    MAIL_USE_TLS = True  # STARTTLS, the server's certificate and name checked
+    MAIL_TLS_CA_FILE = None  # a private CA's certificate (PEM); None: the system's CAs
     MAIL_USERNAME = None
     MAIL_PASSWORD = None
     MAIL_SENDER = "noreply@localhost"

@@ -92,6 +92,7 @@ class MailSettings:
     server: str | None
     port: int
     use_tls: bool
+    tls_ca_file: str | None  # the CA that signed the server's certificate; None: the system's
     username: str | None
     password: str | None = field(repr=False)
     sender: str
@@ -173,7 +174,8 @@ def pacs_settings(config: Mapping, environ: Mapping) -> PacsConfig:
 def mail_settings(config: Mapping) -> MailSettings:
     return MailSettings(
         server=config["MAIL_SERVER"] or None, port=int(config["MAIL_PORT"]),
-        use_tls=bool(config["MAIL_USE_TLS"]), username=config["MAIL_USERNAME"] or None,
+        use_tls=bool(config["MAIL_USE_TLS"]), tls_ca_file=config["MAIL_TLS_CA_FILE"] or None,
+        username=config["MAIL_USERNAME"] or None,
         password=config["MAIL_PASSWORD"] or None, sender=config["MAIL_SENDER"],
         recipient=config["CONTACT_RECIPIENT"] or None,
         lease_s=float(config["CONTACT_FORWARD_LEASE_S"]),

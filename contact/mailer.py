@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import secrets
 import smtplib
+import ssl
 import time
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -74,8 +75,8 @@ def build_email(row: ContactMessage) -> EmailMessage:
 def send(email: EmailMessage) -> None:
     config = mail()
     with smtplib.SMTP(config.server, config.port, timeout=10) as smtp:
-        if config.use_tls:
-            smtp.starttls()
+        if config.use_tls:  # the server's certificate checked, as a browser would
+            smtp.starttls(context=ssl.create_default_context(cafile=config.tls_ca_file))
         if config.username:
             smtp.login(config.username, config.password or "")
         smtp.send_message(email)

@@ -49,16 +49,18 @@ class Inbox:
 
 
 class MailServer:
-    def __init__(self, marker: re.Pattern = MARKER):
+    def __init__(self, marker: re.Pattern = MARKER, tls_context=None):
         self.inbox = Inbox(marker)
+        self.tls_context = tls_context  # offers STARTTLS with it
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.controller = None
 
     def start(self):
+        extra = {"tls_context": self.tls_context} if self.tls_context else {}
         self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port,
-                                     ready_timeout=30)
+                                     ready_timeout=30, **extra)
         self.controller.start()
 
     def stop(self):

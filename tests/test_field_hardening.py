@@ -1,11 +1,13 @@
 """Hostile values in fields that used to fail: a formula in a CSV cell, a line break in a
 mail header, a NUL byte, an image number past the database's integers, a model's
-install source with its token."""
+install source with its token; and a mail server that is not who it says."""
 
 from __future__ import annotations
 
 import csv
 import io
+import ssl
+import subprocess
 
 import pytest
 from sqlalchemy import select
@@ -121,3 +123,47 @@ def test_an_image_number_past_the_database_integers_is_not_found(tmp_path, tiny_
     (None, None)])
 def test_a_model_source_is_shown_without_its_secrets(source, shown):
     assert public_source(source) == shown
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (Debian's openssl), as (cert, key)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def tls_mail(certificate):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    server = MailServer(tls_context=context)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_starttls_checks_the_mail_servers_certificate(tmp_path, instance_path, tls_mail,
+                                                       certificate, trusted, caplog):
+    """A server whose certificate the system does not trust gets no mail (it could be
+    anyone in the middle); trusted through MAIL_TLS_CA_FILE, it does."""
+    app = create_app(testing_config(
+        tmp_path, MAIL_SERVER="127.0.0.1", MAIL_PORT=tls_mail.port, MAIL_USE_TLS=True,
+        CONTACT_RECIPIENT="team@example.org",
+        MAIL_TLS_CA_FILE=str(certificate[0]) if trusted else None))
+    with app.app_context():
+        db.session.add(ContactMessage(name="Ana", email="ana@example.org", category="bug",
+                                      subject="FWD-00000000cccc-3", message="Over TLS only."))
+        db.session.commit()
+        sent, failed = forward_pending()
+    if trusted:
+        assert (sent, failed) == (1, 0)
+        assert tls_mail.inbox.markers() == {"FWD-00000000cccc-3": 1}
+    else:
+        assert (sent, failed) == (0, 1)
+        assert tls_mail.inbox.markers() == {}
+        assert "SSLCertVerificationError" in caplog.text
