@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -15,13 +18,36 @@ from .model_factory import install, scan_like_png, tiny_model  # noqa: E402
 
 TINY_CARD = {"input_size": [32, 32]}
 
+# A SQLite file already at the newest revision, made once per test process by the
+# migrated_database fixture; None while a test asks for a fresh database (the
+# ``fresh_database`` mark) or runs outside pytest's fixtures.
+_migrated_template: Path | None = None
+NO_AUTO_MIGRATE = {"", "0", "false", "no", "off"}  # an app told not to migrate gets no copy
+
 
 def testing_config(tmp_path, **overrides) -> dict:
+    """The testing settings for an app of this test. A SQLite database file that does
+    not exist yet starts as a copy of the migrated template, so the app finds it at
+    the head revision and runs no Alembic (web/schema.py's upgrade_to_head); a file a
+    test made itself (an older schema) is left as it is and migrated by the app."""
     config = {k: getattr(TestingConfig, k) for k in dir(TestingConfig) if k.isupper()}
     config.update(MODEL_DIR=str(tmp_path / "models"),
                   SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'test.sqlite3'}")
     config.update(overrides)
+    if str(config.get("AUTO_MIGRATE", True)).strip().lower() not in NO_AUTO_MIGRATE:
+        copy_migrated_template(config.get("SQLALCHEMY_DATABASE_URI"))
     return config
+
+
+def copy_migrated_template(database_url) -> None:
+    """Copy the migrated template to a ``sqlite:///`` file that does not exist yet."""
+    if _migrated_template is None or not isinstance(database_url, str) \
+            or not database_url.startswith("sqlite:///"):
+        return
+    path = Path(database_url.removeprefix("sqlite:///"))
+    if path.name in ("", ":memory:") or path.exists() or not path.parent.is_dir():
+        return
+    shutil.copyfile(_migrated_template, path)
 
 
 testing_config.__test__ = False  # a helper, not a test, despite its name
@@ -79,6 +105,47 @@ def pytest_make_collect_report(collector):
 
 
 @pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory) -> Path:
+    """A SQLite database migrated to the head revision by a real app start (Alembic,
+    once per test process), saved as one consistent file for tests to copy."""
+    global _migrated_template
+    root = tmp_path_factory.mktemp("migrated_database")
+    build = root / "build.sqlite3"
+    saved, _migrated_template = _migrated_template, None
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("FLASK_INSTANCE_PATH", str(root / "instance"))
+            create_app(testing_config(root, SQLALCHEMY_DATABASE_URI=f"sqlite:///{build}"))
+    finally:
+        _migrated_template = saved
+    template = root / "template.sqlite3"
+    with sqlite3.connect(build) as source, sqlite3.connect(template) as target:
+        source.backup(target)  # the WAL's pages included: one file holds everything
+    return template
+
+
+@pytest.fixture(autouse=True)
+def migrated_database_for_new_files(request):
+    """Apps of this test start on a copy of the migrated database (see testing_config),
+    unless the test is marked ``fresh_database`` (the migration tests)."""
+    global _migrated_template
+    fresh = request.node.get_closest_marker("fresh_database") is not None
+    _migrated_template = None if fresh else request.getfixturevalue("migrated_database")
+    yield
+    _migrated_template = None
+
+
+@pytest.fixture
+def app_factory(tmp_path, instance_path):
+    """The app factory of the tests: ``app_factory(**settings)`` is
+    ``create_app(testing_config(tmp_path, **settings))``, in this test's instance folder
+    and on a copy of the migrated database."""
+    def make(**overrides):
+        return create_app(testing_config(tmp_path, **overrides))
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Small real models for every slot: VGG16/VGG19/InceptionV3 CT, VGG16/ResNet50 X-ray."""
     root = tmp_path_factory.mktemp("tiny_models")
@@ -115,13 +182,13 @@ def instance_path(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def app(tmp_path, tiny_model_dir, instance_path):
-    return create_app(testing_config(tmp_path, MODEL_DIR=str(tiny_model_dir)))
+def app(app_factory, tiny_model_dir):
+    return app_factory(MODEL_DIR=str(tiny_model_dir))
 
 
 @pytest.fixture
-def empty_app(tmp_path, instance_path):
-    return create_app(testing_config(tmp_path))
+def empty_app(app_factory):
+    return app_factory()
 
 
 @pytest.fixture
