@@ -22,7 +22,7 @@ from pacs.client import PacsClient
 from studies.models import WRITE_MAX_ATTEMPTS, Study, utcnow
 
 from .conftest import run_queued_jobs, testing_config
-from .orthanc_server import needs_orthanc, orthanc_server
+from .orthanc_server import needs_orthanc
 from .study_helpers import ct_series
 from .test_pacs_analysis import upload_study, wait_written
 
@@ -31,13 +31,6 @@ def with_orthanc(test):
     for mark in needs_orthanc:
         test = mark(test)
     return test
-
-
-@pytest.fixture
-def orthanc(tmp_path):
-    """One Orthanc per test: these tests stop and start it."""
-    with orthanc_server(tmp_path / "orthanc") as server:
-        yield server
 
 
 def make_app(tmp_path, model_dir, orthanc=None, **overrides):
