@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from app import create_app  # noqa: E402
 from config import TestingConfig  # noqa: E402
 
-from .model_factory import install, scan_like_png, tiny_model  # noqa: E402
+from .model_factory import full_size_model, install, scan_like_png, tiny_model  # noqa: E402
 from .orthanc_server import module_orthanc, orthanc, orthanc_credentials  # noqa: E402,F401 - fixtures
 
 TINY_CARD = {"input_size": [32, 32]}
@@ -155,6 +155,22 @@ def tiny_model_dir(tmp_path_factory):
                                              ("resnet50", "xray")]):
         install(tiny_model(seed=seed), root, arch, modality, TINY_CARD)
     return root
+
+
+@pytest.fixture(scope="session")
+def full_size_models():
+    """``full_size_models(arch, input_size)``: :func:`full_size_model` (seed 0), each
+    architecture and size built once per test process and shared by the tests that
+    only read it (they save, predict and explain; none trains or changes weights)."""
+    built = {}
+
+    def get(arch: str, input_size=(224, 224)):
+        key = (arch, tuple(input_size))
+        if key not in built:
+            built[key] = full_size_model(arch, input_size=tuple(input_size))
+        return built[key]
+
+    return get
 
 
 @pytest.fixture(scope="module")
