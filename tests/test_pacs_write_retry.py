@@ -11,7 +11,6 @@ import threading
 import time
 from datetime import timedelta
 
-import pytest
 import requests
 from sqlalchemy import update
 
