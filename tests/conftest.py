@@ -92,6 +92,19 @@ def fail_skip_in_ci(report, item=None) -> None:
                            f"was skipped: {reason}")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """For ``make test``'s parallel run (pytest-xdist, ``--dist loadgroup``): the tests
+    of one module share a worker, so its module fixtures (servers, models) start once;
+    every browser test shares one (one site, one Chromium); a test's own xdist_group
+    mark (the full-size models) wins. Without xdist the marks change nothing."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(
+                "e2e" if module.startswith("tests/e2e/") else module))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
