@@ -33,7 +33,7 @@ TEST_WORKERS ?= 2
 
 test: install-dev
 	@parallel=0; alone=0; \
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope \
 	  -m "not alone" $(PYTEST_ARGS) || parallel=$$?; \
 	$(BIN)/python -m pytest -m alone $(PYTEST_ARGS) || alone=$$?; \
 	if [ $$parallel -eq 5 ] && [ $$alone -eq 5 ]; then exit 5; fi; \

@@ -92,17 +92,35 @@ def fail_skip_in_ci(report, item=None) -> None:
                            f"was skipped: {reason}")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items):
-    """For ``make test``'s parallel run (pytest-xdist, ``--dist loadgroup``): the tests
-    of one module share a worker, so its module fixtures (servers, models) start once;
-    every browser test shares one (one site, one Chromium); a test's own xdist_group
-    mark (the full-size models) wins. Without xdist the marks change nothing."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            module = item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(
-                "e2e" if module.startswith("tests/e2e/") else module))
+# The modules that share the session's full-size models (full_size_models below).
+FULL_SIZE_MODULES = {"tests/test_conversion.py", "tests/test_explain.py",
+                     "tests/test_full_size.py", "tests/test_heatmap_reuse.py"}
+
+
+def xdist_unit(nodeid: str) -> str:
+    """What runs on one pytest-xdist worker, in order: a module's tests (its module
+    fixtures, servers and models, start once); every browser test (one site, one
+    Chromium); the modules that use the full-size models (each built once)."""
+    module = nodeid.split("::")[0]
+    if module.startswith("tests/e2e/"):
+        return "tests/e2e"
+    return "full-size models" if module in FULL_SIZE_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope`` (make test) with the units of :func:`xdist_unit`, from
+    each test's node id: the controller never sees marks, and pytest-xdist's own
+    ``xdist_group`` marks cannot rename pytest 9's node ids."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(nodeid)
+
+    return UnitScheduling(config, log)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -45,7 +45,6 @@ def test_conversion_matches_keras_and_is_named_by_file_hash(tiny_dir):
     assert onnx_cache.report_of(OnnxBackend(path)) == report  # the check travels inside
 
 
-@pytest.mark.xdist_group("full_size_models")  # on the worker that already built them
 def test_full_size_architecture_converts_within_tolerance(tmp_path, full_size_models):
     """A real 224 x 224 network with the published head, not only a toy graph."""
     model = full_size_models("resnet50")

@@ -189,7 +189,6 @@ def loaded_stand_in(model, arch: str, input_size):
         entry=types.SimpleNamespace(display_name=APPLICATIONS[arch]))
 
 
-@pytest.mark.xdist_group("full_size_models")  # on the worker that already built them
 @pytest.mark.parametrize("arch", sorted(APPLICATIONS))
 def test_full_size_architectures(arch, full_size_models):
     size = (160, 160) if arch == "inceptionv3" else (128, 128)

@@ -31,7 +31,6 @@ def full_size(tmp_path_factory, full_size_models):
     return root, expected
 
 
-@pytest.mark.xdist_group("full_size_models")  # on the worker that already built them
 @pytest.mark.parametrize("arch,modality", PUBLISHED)
 def test_published_file_answers_like_keras(full_size, tmp_path, arch, modality):
     root, expected = full_size

@@ -49,7 +49,6 @@ def test_region_model_head_map_equals_whole_model_map(module, outputs, nested):
     assert quadrant_of(head_cams[0]) == REGION
 
 
-@pytest.mark.xdist_group("full_size_models")  # on the worker that already built them
 @pytest.mark.parametrize("arch", ["vgg16", "vgg19", "inceptionv3", "resnet50"])
 def test_full_size_head_map_equals_whole_model_map(arch, full_size_models):
     size = (160, 160) if arch == "inceptionv3" else (128, 128)
