@@ -45,6 +45,7 @@ START_TIMEOUT_S = 60  # a guard against a broken build hanging, not a measuremen
 
 needs_cluster = [
     pytest.mark.services,
+    pytest.mark.alone,  # make test runs these after the parallel run, with no other test
     pytest.mark.skipif(HAPROXY is None, reason="haproxy is missing: install Debian's "
                                                "haproxy (.ci/run does)"),
     pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is missing: install "

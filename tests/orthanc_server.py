@@ -1,4 +1,11 @@
-"""A real Orthanc with its DICOMweb plugin on loopback for a test: own storage, free port."""
+"""A real Orthanc with its DICOMweb plugin on loopback: own storage, free port.
+
+The fixtures (tests/conftest.py imports them): ``module_orthanc`` is one Orthanc for a
+test module, started once; ``orthanc`` is that server for one test, running and
+holding no study, and started again after a test that stopped it.
+``orthanc_credentials`` (module scope) gives its user and password; a module
+overrides it to test authentication.
+"""
 
 from __future__ import annotations
 
@@ -70,6 +77,28 @@ class OrthancServer:
                 raise RuntimeError(f"Orthanc did not start:\n{self.log_text()[-3000:]}")
             time.sleep(0.1)
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def ensure_running(self) -> None:
+        """Start it again if a test stopped it (or it died); its storage is kept."""
+        if not self.running:
+            self.stop()  # reaps a process that died
+            self.start()
+
+    def delete_studies(self) -> None:
+        """Remove every study (Orthanc's REST API), so a test starts on an empty PACS."""
+        listed = requests.get(f"{self.url}/studies", auth=self.auth, timeout=30)
+        listed.raise_for_status()
+        for study in listed.json():
+            requests.delete(f"{self.url}/studies/{study}", auth=self.auth,
+                            timeout=30).raise_for_status()
+        left = requests.get(f"{self.url}/studies", auth=self.auth, timeout=30)
+        left.raise_for_status()
+        if left.json():
+            raise RuntimeError(f"Orthanc kept studies after deleting them: {left.json()}")
+
     def stop(self) -> None:
         if self.process is None:
             return
@@ -102,3 +131,26 @@ def orthanc_server(folder: Path, username: str | None = None, password: str | No
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def orthanc_credentials() -> tuple[str | None, str | None]:
+    """(user, password) of the module's Orthanc; (None, None): no authentication."""
+    return None, None
+
+
+@pytest.fixture(scope="module")
+def module_orthanc(tmp_path_factory, orthanc_credentials):
+    """One Orthanc for the whole test module: started once, stopped after its tests."""
+    with orthanc_server(tmp_path_factory.mktemp("orthanc"), *orthanc_credentials) as server:
+        yield server
+
+
+@pytest.fixture
+def orthanc(module_orthanc):
+    """The module's Orthanc for one test: running, with no study left by an earlier test;
+    a test that stops it gets it started again afterwards (the others never restart it)."""
+    module_orthanc.ensure_running()
+    module_orthanc.delete_studies()
+    yield module_orthanc
+    module_orthanc.ensure_running()

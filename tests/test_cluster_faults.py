@@ -31,6 +31,8 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
+from jobs.queue import make_huey
+
 from .cluster import cluster, needs_cluster, wait_for
 from .mail_server import MailServer
 from .model_factory import scan_like_png
@@ -211,6 +213,27 @@ def wait_for_mail(mail, tag: str, markers) -> float:
     return time.monotonic() - started
 
 
+def wait_until_no_mail_can_follow(deployment, tag: str) -> None:
+    """After the mails of this run arrived, wait until no duplicate can still come: every
+    row of the run sent and recorded, holding no reservation or lease (a row whose lease
+    still runs is sent again when it runs out: contact/mailer.py claims only unsent rows,
+    so a recorded one is never sent again), and then the queue drained (a job still
+    queued finds its row sent). A duplicate that arrives at any time before that is
+    counted; a hang guard, not a measurement."""
+    queue = make_huey(deployment.settings["BROKER_URL"], str(deployment.root))
+    wait_for(lambda: unsettled_rows(deployment, tag) == 0,
+             "every message recorded as sent, with no lease left", DEADLINE_S)
+    wait_for(lambda: queue.pending_count() == 0, "the queue to drain", DEADLINE_S)
+
+
+def unsettled_rows(deployment, tag: str) -> int:
+    """Rows of this run not yet recorded as sent, or still reserved or leased."""
+    return deployment.postgres.scalar(
+        "SELECT count(*) FROM contact_messages WHERE message LIKE :pattern AND "
+        "(forwarded_at IS NULL OR claim_token IS NOT NULL OR claimed_until IS NOT NULL)",
+        pattern=f"%{tag}-%")
+
+
 def histogram(outcomes) -> dict:
     return dict(sorted(Counter(o.key for o in outcomes).items()))
 
@@ -335,7 +358,7 @@ def test_concurrent_contact_posts_are_stored_and_mailed_once_each(deployment, ma
     elapsed = time.monotonic() - started
     stored = stored_markers(deployment, tag)
     mail_s = wait_for_mail(mail, tag, stored)
-    time.sleep(2)  # a duplicate would arrive about now
+    wait_until_no_mail_can_follow(deployment, tag)
     mailed = mailed_markers(mail, tag)
     figures("contact_300", histogram=histogram(outcomes), stored=sum(stored.values()),
             distinct=len(stored), seconds=round(elapsed, 1), mails=sum(mailed.values()),
@@ -366,7 +389,7 @@ def test_a_replica_killed_mid_load_loses_no_acknowledged_message(deployment, mai
     stored = stored_markers(deployment, tag)
     acked = {f"{tag}-{i}" for i, o in enumerate(outcomes) if acknowledged(o)}
     wait_for_mail(mail, tag, stored)
-    time.sleep(2)  # a duplicate would arrive about now
+    wait_until_no_mail_can_follow(deployment, tag)
     mailed = mailed_markers(mail, tag)
     figures("contact_300_replica_killed", histogram=histogram(outcomes),
             acknowledged=len(acked), stored=sum(stored.values()), distinct=len(stored),
@@ -436,11 +459,11 @@ def test_a_worker_killed_mid_send_is_replaced_and_the_mail_goes_once(deployment,
     finally:
         mail.inbox.rcpt_gate.set()  # the dead sender's session ends without content
     mail_s = wait_for_mail(mail, tag, [marker])
-    time.sleep(2)  # a duplicate would arrive about now
+    mailed_after_kill_s = time.monotonic() - killed_at
+    wait_until_no_mail_can_follow(deployment, tag)
     attempts = deployment.postgres.scalar(
         "SELECT forward_attempts FROM contact_messages WHERE id = :id", id=row_id)
-    figures("worker_killed_mid_send", mailed_after_kill_s=round(time.monotonic() - killed_at
-                                                                - 2, 1),
+    figures("worker_killed_mid_send", mailed_after_kill_s=round(mailed_after_kill_s, 1),
             waited_s=round(mail_s, 1), attempts=attempts, mails=mailed_markers(mail, tag))
     assert mailed_markers(mail, tag) == {marker: 1}
     assert attempts == 2
@@ -561,7 +584,7 @@ def test_a_postgres_restart_loses_no_acknowledged_message(deployment, mail):
     stored = stored_markers(deployment, tag)
     acked = {m for m, o in markers.items() if acknowledged(o)}
     wait_for_mail(mail, tag, stored)
-    time.sleep(2)  # a duplicate would arrive about now
+    wait_until_no_mail_can_follow(deployment, tag)
     mailed = mailed_markers(mail, tag)
     figures("postgres_restart", histogram=histogram(load.outcomes), acknowledged=len(acked),
             stored=sum(stored.values()), recovered_s=round(recovered_s, 1),

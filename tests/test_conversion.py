@@ -20,7 +20,7 @@ from .backend_helpers import (CARD_32, entry_for, onnx_files, random_batch,
                               relative_to_peak)
 from .backend_helpers import converted_dir_fixture, tiny_dir_fixture  # noqa: F401 - fixtures
 from .conftest import testing_config
-from .model_factory import full_size_model, install, tiny_model
+from .model_factory import install, tiny_model
 
 pytestmark = pytest.mark.skipif(not conversion_supported(),
                                 reason="needs onnx, onnxruntime and tf2onnx")
@@ -45,9 +45,9 @@ def test_conversion_matches_keras_and_is_named_by_file_hash(tiny_dir):
     assert conversion.report_of(OnnxBackend(path)) == report  # the check travels inside
 
 
-def test_full_size_architecture_converts_within_tolerance(tmp_path):
+def test_full_size_architecture_converts_within_tolerance(tmp_path, full_size_models):
     """A real 224 x 224 network with the published head, not only a toy graph."""
-    model = full_size_model("resnet50")
+    model = full_size_models("resnet50")
     install(model, tmp_path, "resnet50", "xray")
     entry = entry_for(tmp_path, "xray", "resnet50")
     path, report, _ = convert_entry(entry)

@@ -16,7 +16,7 @@ from inference.image import DecodedImage
 from inference.cards import ModelCard
 
 from .conftest import testing_config
-from .model_factory import APPLICATIONS, full_size_model, install, png_bytes
+from .model_factory import APPLICATIONS, install, png_bytes
 
 SIDE = 16  # the region model's input: 16 x 16, four 8 x 8 quadrants
 QUADRANTS = {"top_left": (0, 0), "top_right": (0, 1), "bottom_left": (1, 0),
@@ -190,9 +190,9 @@ def loaded_stand_in(model, arch: str, input_size):
 
 
 @pytest.mark.parametrize("arch", sorted(APPLICATIONS))
-def test_full_size_architectures(arch):
+def test_full_size_architectures(arch, full_size_models):
     size = (160, 160) if arch == "inceptionv3" else (128, 128)
-    model = full_size_model(arch, input_size=size)
+    model = full_size_models(arch, input_size=size)
     assert find_target_path(model)[-1].name == EXPECTED_TARGET[arch]
     upload = (distracting_image((200, 300)) * 255).astype(np.uint8)
     heatmap_png, elapsed_ms = explain(loaded_stand_in(model, arch, size),

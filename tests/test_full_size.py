@@ -12,23 +12,22 @@ from inference.preprocess import decode_image, model_input
 from inference.cards import ModelCard
 
 from .conftest import testing_config
-from .model_factory import full_size_model, install, png_bytes
+from .model_factory import install, png_bytes
 
 PUBLISHED = [("vgg16", "ct"), ("vgg19", "xray"), ("inceptionv3", "ct"), ("resnet50", "xray")]
 
 
 @pytest.fixture(scope="module")
-def full_size(tmp_path_factory):
+def full_size(tmp_path_factory, full_size_models):
     """Each architecture saved as .h5 without a card (the published defaults apply)."""
     root = tmp_path_factory.mktemp("full_size_models")
     expected = {}
     image = decode_image(png_bytes(size=(300, 260), seed=11)).pixels
     for arch, modality in PUBLISHED:
-        model = full_size_model(arch)
+        model = full_size_models(arch)
         install(model, root, arch, modality)
         batch = model_input(image, ModelCard(arch, modality))[None]
         expected[(modality, arch)] = model.predict(batch, verbose=0)[0]
-        del model
     return root, expected
 
 

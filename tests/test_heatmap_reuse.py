@@ -14,7 +14,7 @@ from inference.explain import build_gradcam, build_head_gradcam
 from inference.runners import KerasGraphBackend, OnnxBackend, conversion_supported
 
 from .conftest import testing_config
-from .model_factory import full_size_model, install, png_bytes, tiny_model
+from .model_factory import install, png_bytes, tiny_model
 from .test_explain import (REGION, SIDE, distracting_image, quadrant_of, region_model)
 
 PEAK_TOLERANCE = 1e-3  # |head map - whole-model map| over the whole-model map's peak
@@ -50,9 +50,9 @@ def test_region_model_head_map_equals_whole_model_map(module, outputs, nested):
 
 
 @pytest.mark.parametrize("arch", ["vgg16", "vgg19", "inceptionv3", "resnet50"])
-def test_full_size_head_map_equals_whole_model_map(arch):
+def test_full_size_head_map_equals_whole_model_map(arch, full_size_models):
     size = (160, 160) if arch == "inceptionv3" else (128, 128)
-    model = full_size_model(arch, input_size=size)
+    model = full_size_models(arch, input_size=size)
     batch = np.random.default_rng(2).random((1, *size, 3), dtype=np.float32)
     head_cams, full_cams = maps_both_ways(model, size, batch)
     assert full_cams.max() > 0

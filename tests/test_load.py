@@ -30,7 +30,8 @@ import requests
 from .hostile_corpus import dicom_bytes, encode, noise
 from .server import ROOT, rss_mb, start_server
 
-pytestmark = pytest.mark.load
+pytestmark = [pytest.mark.load,
+              pytest.mark.alone]  # timed: make test runs it with no other test beside it
 
 LOAD_DURATION_S = float(os.environ.get("LOAD_DURATION_S", "60"))
 CLIENTS = 8

@@ -31,6 +31,10 @@ from .conftest import testing_config
 from .postgres_server import needs_postgres, postgres_server
 from .study_helpers import ct_series, submit, wait_for_study, zip_of
 
+# Every app here starts on its own database, as the test made it (or none): never on
+# the migrated copy the other tests get (tests/conftest.py).
+pytestmark = pytest.mark.fresh_database
+
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = head_revision(MIGRATIONS_DIR)
 MODEL_TABLES = set(db.metadata.tables)

@@ -18,7 +18,7 @@ from studies.models import Study
 
 from .conftest import run_queued_jobs, testing_config
 from .dicom_factory import PATIENT_ID, PATIENT_NAME, to_bytes, xray_file
-from .orthanc_server import needs_orthanc, orthanc_server
+from .orthanc_server import needs_orthanc
 from .study_helpers import ct_series, wait_for_study
 
 pytestmark = needs_orthanc
@@ -35,12 +35,6 @@ def upload_study(orthanc, files: list[tuple[str, bytes]], description: str) -> s
             ds.SeriesInstanceUID = generate_uid()
         orthanc.upload(to_bytes(ds))
     return study_uid
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    with orthanc_server(tmp_path_factory.mktemp("orthanc")) as server:
-        yield server
 
 
 @pytest.fixture

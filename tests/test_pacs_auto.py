@@ -17,17 +17,11 @@ from studies.models import Study
 
 from .conftest import testing_config
 from .dicom_factory import PATIENT_ID, PATIENT_NAME
-from .orthanc_server import needs_orthanc, orthanc_server
+from .orthanc_server import needs_orthanc
 from .study_helpers import ct_series, wait_for_study
 from .test_pacs_analysis import upload_study, wait_written
 
 pytestmark = needs_orthanc
-
-
-@pytest.fixture
-def orthanc(tmp_path):
-    with orthanc_server(tmp_path / "orthanc") as server:
-        yield server
 
 
 def auto_app(tmp_path, model_dir, orthanc, **overrides):

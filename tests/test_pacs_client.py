@@ -20,7 +20,7 @@ from pacs.client import PacsClient, PacsError, PacsNotConfigured, PacsSettings, 
 from settings import pacs_settings
 
 from .dicom_factory import PATIENT_ID, PATIENT_NAME, to_bytes, xray_file
-from .orthanc_server import needs_orthanc, orthanc_server
+from .orthanc_server import needs_orthanc
 from .study_helpers import ct_series
 
 pytestmark = needs_orthanc
@@ -65,9 +65,22 @@ def secondary_capture(study_uid: str) -> pydicom.Dataset:
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    with orthanc_server(tmp_path_factory.mktemp("orthanc"), USER, PASSWORD) as server:
-        yield server
+def orthanc_credentials():
+    return USER, PASSWORD
+
+
+@pytest.fixture(scope="module")
+def orthanc(module_orthanc):
+    """The module's Orthanc (with a user), its studies kept from test to test."""
+    return module_orthanc
+
+
+@pytest.fixture
+def restarted_after(orthanc):
+    """For the test that stops the module's Orthanc: running again after it, however
+    the test ended."""
+    yield orthanc
+    orthanc.ensure_running()
 
 
 @pytest.fixture(scope="module")
@@ -231,19 +244,22 @@ def test_repr_hides_the_password_and_the_token():
     assert "pacs.example" in repr(basic)
 
 
-def test_a_stopped_orthanc_cannot_be_reached_and_a_restarted_one_keeps_its_studies(tmp_path):
-    with orthanc_server(tmp_path / "orthanc") as server:
-        study_uid = generate_uid()
-        server.upload(ct_study(1, study_uid)[0])
-        client = PacsClient(PacsSettings(server.dicomweb_url, timeout_s=5))
-        client.studies(limit=1)
-        server.stop()
-        with pytest.raises(PacsError) as caught:
-            client.studies()
-        assert caught.value.message == \
-            f"The PACS at http://127.0.0.1:{server.port} cannot be reached."
-        server.start()
-        assert [s["study_uid"] for s in client.studies()] == [study_uid]
+def test_a_stopped_orthanc_cannot_be_reached_and_a_restarted_one_keeps_its_studies(
+        restarted_after):
+    server = restarted_after  # the module's Orthanc, with the studies of earlier tests
+    study_uid = generate_uid()
+    server.upload(ct_study(1, study_uid)[0])
+    client = PacsClient(PacsSettings(server.dicomweb_url, USER, PASSWORD, timeout_s=5))
+    client.studies(limit=1)
+    before = sorted(s["study_uid"] for s in client.studies())
+    assert study_uid in before
+    server.stop()
+    with pytest.raises(PacsError) as caught:
+        client.studies()
+    assert caught.value.message == \
+        f"The PACS at http://127.0.0.1:{server.port} cannot be reached."
+    server.start()
+    assert sorted(s["study_uid"] for s in client.studies()) == before
 
 
 class CannedServer:

@@ -11,20 +11,19 @@ import threading
 import time
 from datetime import timedelta
 
-import pytest
 import requests
 from sqlalchemy import update
 
+from config import Config
 from extensions import db
 from jobs.retry import doubling_delay
 from pacs import writeback
 from pacs.client import PacsClient
-from config import Config
 from settings import settings_of
 from studies.models import Study, utcnow_naive
 
 from .conftest import reconfigure, run_queued_jobs, testing_config
-from .orthanc_server import needs_orthanc, orthanc_server
+from .orthanc_server import needs_orthanc
 from .study_helpers import ct_series
 from .test_pacs_analysis import upload_study, wait_written
 
@@ -33,13 +32,6 @@ def with_orthanc(test):
     for mark in needs_orthanc:
         test = mark(test)
     return test
-
-
-@pytest.fixture
-def orthanc(tmp_path):
-    """One Orthanc per test: these tests stop and start it."""
-    with orthanc_server(tmp_path / "orthanc") as server:
-        yield server
 
 
 def make_app(tmp_path, model_dir, orthanc=None, **overrides):

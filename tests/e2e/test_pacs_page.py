@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from ..orthanc_server import needs_orthanc, orthanc_server
+from ..orthanc_server import needs_orthanc
 from ..server import start_server
 from ..study_helpers import ct_series
 from ..test_pacs_analysis import upload_study
@@ -20,16 +20,15 @@ pytestmark = needs_orthanc
 
 
 @pytest.fixture(scope="module")
-def pacs_site(tmp_path_factory, tiny_model_dir):
+def pacs_site(tmp_path_factory, tiny_model_dir, module_orthanc):
     root = tmp_path_factory.mktemp("pacs_site")
-    with orthanc_server(root / "orthanc") as orthanc:
-        models = root / "models"
-        shutil.copytree(tiny_model_dir, models)
-        server = start_server(root / "web", models, workers=1,
-                              env={"FLASK_DICOMWEB_URL": orthanc.dicomweb_url})
-        server.orthanc = orthanc
-        yield server
-        server.stop()
+    models = root / "models"
+    shutil.copytree(tiny_model_dir, models)
+    server = start_server(root / "web", models, workers=1,
+                          env={"FLASK_DICOMWEB_URL": module_orthanc.dicomweb_url})
+    server.orthanc = module_orthanc
+    yield server
+    server.stop()
 
 
 @pytest.fixture
