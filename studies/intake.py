@@ -293,9 +293,7 @@ def too_many_images(limits: Limits) -> str:
 
 
 def too_many_bytes(limits: Limits) -> str:
-    return (f"The study's files add up to more than {_mib(limits.max_bytes)} uncompressed, "
+    size = limits.max_bytes
+    shown_size = f"{size / MiB:.0f} MiB" if size >= MiB else f"{size} bytes"
+    return (f"The study's files add up to more than {shown_size} uncompressed, "
             "the most this server takes at once: split it into smaller studies.")
-
-
-def _mib(size: int) -> str:
-    return f"{size / MiB:.0f} MiB" if size >= MiB else f"{size} bytes"

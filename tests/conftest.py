@@ -115,6 +115,17 @@ def xdist_unit(nodeid: str) -> str:
 
 
 @pytest.hookimpl(optionalhook=True)
+def pytest_configure(config):
+    """Under pytest-xdist each worker process owns one core (its CPU affinity, which
+    the servers and converters it starts inherit): the app sizes its thread pools from
+    the affinity, so two workers on two cores do not each run two-thread forward
+    passes on both."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    cores = sorted(os.sched_getaffinity(0))
+    if worker.startswith("gw") and len(cores) > 1:
+        os.sched_setaffinity(0, {cores[int(worker[2:]) % len(cores)]})
+
+
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadscope`` (make test) with the units of :func:`xdist_unit`, from
     each test's node id: the controller never sees marks, and pytest-xdist's own
