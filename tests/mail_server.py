@@ -14,6 +14,7 @@ import socket
 import threading
 from collections import Counter
 
+import pytest
 from aiosmtpd.controller import Controller
 
 MARKER = re.compile(rb"FWD-[0-9a-f]{12}-\d+")
@@ -69,3 +70,12 @@ class MailServer:
         if self.controller is not None:
             self.controller.stop()
             self.controller = None
+
+
+@pytest.fixture
+def mail():
+    """A real SMTP server on loopback for one test."""
+    server = MailServer()
+    server.start()
+    yield server
+    server.stop()

@@ -29,17 +29,8 @@ from contact.models import ContactMessage, utcnow_aware
 from extensions import db
 
 from .conftest import testing_config
-from .mail_server import MailServer
 
 DEADLINE_S = 60
-
-
-@pytest.fixture
-def mail():
-    server = MailServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 class Apps:

@@ -64,14 +64,6 @@ def test_line_breaks_in_a_message_body_are_kept(client, app):
         assert row.message == body
 
 
-@pytest.fixture
-def mail():
-    server = MailServer()
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_a_stored_subject_with_a_line_break_is_sent_on_one_line_and_the_rest_go_too(
         tmp_path, instance_path, mail):
     """A row stored before the form refused line breaks: its mail goes out with the

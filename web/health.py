@@ -6,7 +6,8 @@ from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 
 from extensions import db, limiter
-from settings import settings_of
+
+from .services import settings
 
 bp = Blueprint("health", __name__)
 
@@ -32,7 +33,7 @@ def readyz():
         checks["broker"] = "ok"
     except Exception as exc:  # noqa: BLE001 - Redis down, queue file unreadable
         checks["broker"] = f"error: {type(exc).__name__}"
-    model_dir = settings_of(current_app).inference.model_dir
+    model_dir = settings().inference.model_dir
     checks["model_dir"] = "ok" if os.path.isdir(model_dir) and os.access(model_dir, os.R_OK) \
         else "missing or unreadable"
     ready = all(v == "ok" for v in checks.values())

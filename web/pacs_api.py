@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, jsonify, request, url_for
 
 from extensions import limiter
 from pacs import service as pacs
-from settings import settings_of
 
 from .api import flag
+from .services import inference_service, settings, tasks
 from .studies_api import study_rate_limit
 
 bp = Blueprint("pacs_api", __name__, url_prefix="/api/v1/pacs")
@@ -16,15 +16,15 @@ bp = Blueprint("pacs_api", __name__, url_prefix="/api/v1/pacs")
 
 def pacs_client():
     """The configured server: no request can name another."""
-    return settings_of(current_app).pacs.client()
+    return settings().pacs.client()
 
 
 def start_analysis(study_uid: str) -> str:
     """Shared by the API and the page: create the study job and queue it."""
-    study_id = pacs.analyse(pacs_client(), current_app.extensions["inference"], study_uid,
+    study_id = pacs.analyse(pacs_client(), inference_service(), study_uid,
                             request.form.get("modality"), request.form.get("model"),
                             flag("explain"))
-    current_app.extensions["tasks"].queue_study(study_id)
+    tasks().queue_study(study_id)
     return study_id
 
 

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from extensions import limiter
 from inference.errors import InvalidRequest
-from settings import StudySettings, settings_of
+from settings import StudySettings
 from studies import service as studies
 
 from .api import flag
+from .services import inference_service, settings, tasks
 
 bp = Blueprint("studies_api", __name__, url_prefix="/api/v1/studies")
 
 
 
 def study_config() -> StudySettings:
-    return settings_of(current_app).studies
+    return settings().studies
 
 
 def study_rate_limit() -> str:
@@ -40,10 +41,10 @@ def read_files() -> tuple[list[tuple[str | None, bytes]] | None, bytes | None]:
 def submit_from_request() -> str:
     """Shared by the API and the upload page: store the study and queue it."""
     images, archive = read_files()
-    study_id = studies.submit(current_app.extensions["inference"], study_config(),
+    study_id = studies.submit(inference_service(), study_config(),
                               request.form.get("modality"), request.form.get("model"),
                               flag("explain"), uploads=images, archive=archive)
-    current_app.extensions["tasks"].queue_study(study_id)
+    tasks().queue_study(study_id)
     return study_id
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import io
 import typing as t
 
-from flask import Request, current_app, request
+from flask import Request, request
 
-from settings import settings_of
+from .services import settings
 
 
 class InMemoryUploadRequest(Request):
@@ -34,6 +34,6 @@ def allow_study_sized_bodies() -> None:
     """A study's body may be far larger than one image's (``MAX_STUDY_BYTES``, one part
     per image). Registered before CSRF protection, which is the first to read a form."""
     if request.endpoint in STUDY_UPLOAD_ENDPOINTS:
-        limits = settings_of(current_app).studies.limits
+        limits = settings().studies.limits
         request.max_content_length = limits.max_bytes + BODY_SLACK
         request.max_form_parts = limits.max_images + FORM_PARTS_SLACK
