@@ -15,9 +15,13 @@ from typing import Callable
 
 from flask import Flask
 
+import auth.models  # noqa: F401 - registers the tables
 import contact.models  # noqa: F401 - registers the table
 import pacs.models  # noqa: F401 - registers the table
 import studies.models  # noqa: F401 - registers the tables
+from auth.cli import tokens_cli, users_cli
+from auth.oidc import register_provider
+from auth.sessions import SessionCookies
 from config import Config, TestingConfig  # noqa: F401 - TestingConfig re-exported
 from contact.cli import contact_cli
 from contact.tasks import ContactTasks, register_contact_tasks
@@ -31,7 +35,9 @@ from pacs.tasks import register_pacs_tasks
 from settings import InferenceSettings, Settings, load_settings
 from studies.tasks import register_study_tasks
 from web.api import bp as api_bp
+from web.access import register_door, require_rules
 from web.apidocs import bp as apidocs_bp
+from web.auth_pages import bp as auth_bp
 from web.cli import models_cli
 from web.errors import register as register_error_pages
 from web.health import bp as health_bp
@@ -75,16 +81,19 @@ def create_app(test_config: dict | None = None) -> Flask:
     ensure_secret_key(app)
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
         app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + default_database(app)
+    trusted_hosts(app)
     settings = load_settings(app.config)
     app.extensions["settings"] = settings
 
     trust_proxies(app)
+    register_sign_in(app, settings)
     register_extensions(app)
     register_services(app, settings)
     register_tasks(app, settings)
     register_blueprints(app)
     register_error_pages(app)
     register_commands(app)
+    require_rules(app)
     app.after_request(add_security_headers)
     logging.basicConfig(level=settings.log_level)
     return app
@@ -95,6 +104,23 @@ def default_database(app: Flask) -> str:
     nobody's data disappears on upgrade."""
     old = os.path.join(app.instance_path, OLD_DATABASE_FILE)
     return old if os.path.exists(old) else os.path.join(app.instance_path, DATABASE_FILE)
+
+
+def trusted_hosts(app: Flask) -> None:
+    """``TRUSTED_HOSTS`` from the environment may be "a.example,b.example"."""
+    hosts = app.config.get("TRUSTED_HOSTS")
+    if isinstance(hosts, str):
+        app.config["TRUSTED_HOSTS"] = [h.strip() for h in hosts.split(",") if h.strip()] or None
+
+
+def register_sign_in(app: Flask, settings: Settings) -> None:
+    """The door before every route (identity, then the policy table), secure session
+    cookies, and the identity provider's client when OIDC is on."""
+    app.session_interface = SessionCookies()
+    app.permanent_session_lifetime = settings.auth.max_hours * 3600
+    register_door(app)
+    if settings.auth.oidc is not None:
+        register_provider(app, settings.auth.oidc)
 
 
 def trust_proxies(app: Flask) -> None:
@@ -161,7 +187,7 @@ def register_tasks(app: Flask, settings: Settings) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    for blueprint in (pages_bp, study_pages_bp, contact_bp, api_bp, studies_api_bp,
+    for blueprint in (auth_bp, pages_bp, study_pages_bp, contact_bp, api_bp, studies_api_bp,
                       pacs_api_bp, pacs_pages_bp, apidocs_bp, health_bp):
         app.register_blueprint(blueprint)
     for blueprint in (api_bp, studies_api_bp, pacs_api_bp, health_bp):
@@ -169,5 +195,5 @@ def register_blueprints(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    for command in (contact_cli, models_cli, worker_command, pacs_cli):
+    for command in (contact_cli, models_cli, worker_command, pacs_cli, users_cli, tokens_cli):
         app.cli.add_command(command)

@@ -118,6 +118,36 @@ class Config:
 
     LOG_LEVEL = "INFO"
 
+    # Who may see and do what (auth/). AUTH_METHODS: "" (no sign-in), local, oidc or
+    # local,oidc. PUBLIC_ACCESS keeps the single-image page and API and anonymous studies
+    # open to visitors; false closes everything but sign-in, health and static files.
+    # PACS pages and API always need a signed-in reader (DICOMWEB_URL needs a method).
+    AUTH_METHODS = ""
+    PUBLIC_ACCESS = True
+    SESSION_IDLE_MINUTES = 30
+    SESSION_MAX_HOURS = 12  # a session ends this long after sign-in, however busy
+    # Password sign-in: this many wrong passwords in a row are checked at once; after
+    # that each try waits LOGIN_DELAY_S, doubling per failure up to LOGIN_DELAY_MAX_S.
+    LOGIN_FREE_ATTEMPTS = 3
+    LOGIN_DELAY_S = 1.0
+    LOGIN_DELAY_MAX_S = 900.0
+    LOGIN_RATE_LIMIT = "10 per minute; 100 per hour"  # per client address
+    # OpenID Connect: the provider's issuer URL (discovery), this site's client id; the
+    # secret only from the environment variable OIDC_CLIENT_SECRET. Roles from the
+    # claim OIDC_ROLES_CLAIM, mapped by OIDC_ROLE_MAP ("their-name=reader,...").
+    OIDC_ISSUER = None
+    OIDC_CLIENT_ID = None
+    OIDC_SCOPES = "openid profile email"
+    OIDC_ROLES_CLAIM = "roles"
+    OIDC_ROLE_MAP = ""
+    OIDC_AUDIENCE = None  # the aud of bearer JWTs; None: the client id
+    # Host names this site answers to (Flask's TRUSTED_HOSTS; "a.example,b.example" from
+    # the environment); None answers any Host header.
+    TRUSTED_HOSTS = None
+    # Reached over HTTPS: Secure session cookie and HSTS (also when a trusted proxy says
+    # X-Forwarded-Proto: https, see PROXY_FIX_X_FOR).
+    PREFER_HTTPS = False
+
     WTF_CSRF_TIME_LIMIT = None  # token valid for the session's life
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"

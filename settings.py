@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from auth.settings import AuthSettings, auth_settings
 from inference.precision import normalize_precision, normalize_tolerance
 from inference.registry import ModelChoice, parse_model_choices, per_modality
 from inference.runners import DEVICES
@@ -116,6 +117,7 @@ class Settings:
     mail: MailSettings
     queue: QueueSettings
     log_level: str
+    auth: AuthSettings
 
 
 def device(value) -> str:
@@ -198,7 +200,8 @@ def load_settings(config: Mapping, environ: Mapping = os.environ) -> Settings:
     """Every typed setting from the app's config (credentials from ``environ``)."""
     return Settings(inference=inference_settings(config), studies=study_settings(config),
                     pacs=pacs_settings(config, environ), mail=mail_settings(config),
-                    queue=queue_settings(config), log_level=str(config["LOG_LEVEL"]))
+                    queue=queue_settings(config), log_level=str(config["LOG_LEVEL"]),
+                    auth=auth_settings(config, environ))
 
 
 def settings_of(app) -> Settings:

@@ -110,18 +110,19 @@ def profile_study(app, archive: bytes, arch: str, bare) -> dict:
     """One study submitted and run in process, its steps timed; bare batches around."""
     from settings import settings_of
     from studies import service as studies
+    from studies.access import SYSTEM
 
     inference, config = app.extensions["inference"], settings_of(app).studies
     with app.app_context():
         study_id = studies.submit(inference, config, "ct", arch, False, archive=archive)
-        total = studies.view(config, study_id)["progress"]["total"]
+        total = studies.view(config, study_id, SYSTEM)["progress"]["total"]
         bare_before, clock = bare(), Clock()
         started = time.perf_counter()
         with instrumented(clock):
             outcome = studies.run(inference, config, study_id)
         wall = time.perf_counter() - started
         bare_after = bare()
-        studies.delete(config, study_id)
+        studies.delete(config, study_id, SYSTEM)
     return {"outcome": outcome, "images": total, "wall_s": wall,
             "bare_batch_s": statistics.median(bare_before + bare_after),
             "steps": {name: {"s": clock.seconds[name], "calls": clock.calls[name]}

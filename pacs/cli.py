@@ -13,6 +13,7 @@ from flask.cli import AppGroup
 from inference.errors import ServiceError
 from settings import settings_of
 from studies import service as studies
+from studies.access import SYSTEM
 
 from . import writeback
 from .service import analyse, browse
@@ -52,24 +53,25 @@ def analyse_command(study_uid: str, modality: str, model: str, explain: bool,
     app = current_app._get_current_object()
     settings = settings_of(app)
     try:
-        study_id = analyse(settings.pacs.client(), app.extensions["inference"],
-                           study_uid, modality, model, explain)
+        study_id, new = analyse(settings.pacs.client(), app.extensions["inference"],
+                                study_uid, modality, model, explain)
     except ServiceError as exc:
         raise click.ClickException(exc.message) from None
     queue = app.extensions["job_queue"]
-    app.extensions["tasks"].queue_study(study_id)
-    click.echo(f"study {study_id} queued")
+    if new:
+        app.extensions["tasks"].queue_study(study_id)
+    click.echo(f"study {study_id} {'queued' if new else 'already queued or running'}")
     if not wait:
         return
     if queue.embedded:  # no separate worker in the embedded set-up: run it here
         queue.start_embedded_worker()
     config = settings.studies
-    while (view := studies.view(config, study_id))["status"] not in ("done", "failed"):
+    while (view := studies.view(config, study_id, SYSTEM))["status"] not in ("done", "failed"):
         time.sleep(1)
     if view["status"] == "failed":
         raise click.ClickException(view["error"]["message"])
     while settings.pacs.writes_back and (
-            view := studies.view(config, study_id))["write_back"]["status"] == "pending":
+            view := studies.view(config, study_id, SYSTEM))["write_back"]["status"] == "pending":
         time.sleep(1)  # a failed write is retried in the background: said, not waited for
     click.echo(json.dumps({"verdict": view["verdict"], "written": view.get("written"),
                            "write_back": view["write_back"]}, indent=2))
@@ -84,7 +86,7 @@ def write_back_command(study_id: str) -> None:
     settings = settings_of(app)
     config = settings.studies
     try:
-        view = studies.view(config, study_id, with_images=False)
+        view = studies.view(config, study_id, SYSTEM, with_images=False)
     except ServiceError as exc:
         raise click.ClickException(exc.message) from None
     if view.get("source") != "pacs":
@@ -101,5 +103,5 @@ def write_back_command(study_id: str) -> None:
         if not ok:
             raise click.ClickException(outcome)
         click.echo(outcome)
-    written = studies.view(config, study_id, with_images=False)["written"]
+    written = studies.view(config, study_id, SYSTEM, with_images=False)["written"]
     click.echo(json.dumps({"written": written}, indent=2))

@@ -27,11 +27,11 @@ STAGING = -1_000_000  # fetched bytes wait under index STAGING + k until ordered
 
 
 def pacs_study(study_uid: str, modality: str, model: str, explain: bool,
-               study_id: str | None = None) -> Study:
+               study_id: str | None = None, owner_id: int | None = None) -> Study:
     """A new study whose images a worker will fetch from the PACS, unsaved."""
     return Study(id=study_id or new_study_id(), status=QUEUED, modality=modality,
                  model=model, explain=explain, total=0, done=0, warnings=[], source="pacs",
-                 pacs_study_uid=study_uid)
+                 pacs_study_uid=study_uid, owner_id=owner_id)
 
 
 def wanted(instance: dict, modality: str, own_name: str) -> bool:

@@ -7,6 +7,7 @@ from extensions import db
 from inference.registry import normalize_architecture, normalize_modality
 from studies.errors import StudyNotFound
 from studies.service import check_models
+from studies.store import running_analysis
 
 from .client import PacsClient
 from .fetch import pacs_study, wanted
@@ -26,9 +27,14 @@ def browse(client: PacsClient, modality: str | None = None, limit: int = 100,
 
 
 def analyse(client: PacsClient, inference, study_uid: str, modality: str | None,
-            model: str | None, explain: bool) -> str:
+            model: str | None, explain: bool, owner_id: int | None = None) -> tuple[str, bool]:
     """Check the choices and that the PACS study has images of that modality, then
-    create the study job; its id (the caller queues it)."""
+    create the study job: (its id, True) for the caller to queue. While an analysis of
+    the study is still queued or running, (that one's id, False): a second report of
+    the same images would only confuse the study's readers."""
+    running = running_analysis(study_uid) if isinstance(study_uid, str) else None
+    if running is not None:
+        return running.id, False
     modality_key = normalize_modality(modality)
     architecture = normalize_architecture(model)
     check_models(inference, modality_key, architecture)
@@ -39,7 +45,7 @@ def analyse(client: PacsClient, inference, study_uid: str, modality: str | None,
         kinds = sorted({i.get("modality") or "?" for i in instances})
         raise StudyNotFound(f"This PACS study holds no image of the chosen modality "
                             f"(it holds {', '.join(kinds)}).")
-    study = pacs_study(study_uid, modality_key, architecture, explain)
+    study = pacs_study(study_uid, modality_key, architecture, explain, owner_id=owner_id)
     db.session.add(study)
     db.session.commit()
-    return study.id
+    return study.id, True

@@ -59,6 +59,8 @@ class Study(db.Model):
     write_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     write_after: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
     write_error: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    # The signed-in account that made the study (auth.models.User.id); None: anonymous.
+    owner_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
 
 
 class StudyImage(db.Model):

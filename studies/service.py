@@ -12,6 +12,7 @@ from inference.service import InferenceService
 from settings import StudySettings
 
 from . import store
+from .access import SYSTEM, StudyAccess
 from .errors import StudyNotFound
 from .intake import Intake, read_archive, read_uploads
 from .ordering import order_files
@@ -40,7 +41,7 @@ def read_upload(config: StudySettings, uploads: list[tuple[str | None, bytes]] |
 def submit(inference: InferenceService, config: StudySettings, modality: str | None,
            model: str | None, explain: bool,
            uploads: list[tuple[str | None, bytes]] | None = None,
-           archive: bytes | None = None) -> str:
+           archive: bytes | None = None, owner_id: int | None = None) -> str:
     """Check everything that can be checked now, store the study; its id."""
     modality_key = normalize_modality(modality)
     architecture = normalize_architecture(model)
@@ -48,12 +49,13 @@ def submit(inference: InferenceService, config: StudySettings, modality: str | N
     intake = read_upload(config, uploads, archive)
     ordered, warnings = order_files(intake.files)
     return store.create_study(modality_key, architecture, explain, ordered,
-                              intake.notes + warnings)
+                              intake.notes + warnings, owner_id)
 
 
-def view(config: StudySettings, study_id: str, with_images: bool = True) -> dict:
+def view(config: StudySettings, study_id: str, access: StudyAccess,
+         with_images: bool = True) -> dict:
     """The study; without its images (``with_images=False``) for a cheap progress poll."""
-    study = store.get_study(study_id, config.retention_hours)
+    study = store.get_study(study_id, config.retention_hours, access)
     data = study_view(study, store.images_of(study.id) if with_images else [],
                       config.write_max_attempts)
     if not with_images:
@@ -63,29 +65,37 @@ def view(config: StudySettings, study_id: str, with_images: bool = True) -> dict
 
 def result(config: StudySettings, study_id: str) -> StudyResult:
     """The study's answer as typed values (for the writers that are not the web)."""
-    study = store.get_study(study_id, config.retention_hours)
+    study = store.get_study(study_id, config.retention_hours, SYSTEM)
     return study_result(study, store.images_of(study.id))
 
 
-def csv_text(config: StudySettings, study_id: str) -> str:
-    return study_csv(view(config, study_id))
+def mine(config: StudySettings, owner_id: int) -> list[dict]:
+    """The account's studies, newest first, without their images."""
+    return [study_view(study, [], config.write_max_attempts)
+            for study in store.studies_of(owner_id, config.retention_hours)]
 
 
-def heatmap_png(config: StudySettings, study_id: str, index: int, architecture: str) -> bytes:
-    study = store.get_study(study_id, config.retention_hours)
+def csv_text(config: StudySettings, study_id: str, access: StudyAccess) -> str:
+    return study_csv(view(config, study_id, access))
+
+
+def heatmap_png(config: StudySettings, study_id: str, access: StudyAccess, index: int,
+                architecture: str) -> bytes:
+    study = store.get_study(study_id, config.retention_hours, access)
     png = store.heatmap(study.id, index, architecture) if store.is_index(index) else None
     if png is None:
         raise StudyNotFound("This study has no heatmap of that image for that model.")
     return png
 
 
-def heatmaps_of(config: StudySettings, study_id: str, index: int) -> list[str]:
-    study = store.get_study(study_id, config.retention_hours)
+def heatmaps_of(config: StudySettings, study_id: str, access: StudyAccess,
+                index: int) -> list[str]:
+    study = store.get_study(study_id, config.retention_hours, access)
     return store.heatmap_architectures(study.id, index) if store.is_index(index) else []
 
 
-def delete(config: StudySettings, study_id: str) -> None:
-    study = store.get_study(study_id, config.retention_hours)
+def delete(config: StudySettings, study_id: str, access: StudyAccess) -> None:
+    study = store.get_study(study_id, config.retention_hours, access)
     store.delete_study(study.id)
 
 

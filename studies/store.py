@@ -18,6 +18,7 @@ from sqlalchemy import delete, func, or_, select, update
 from extensions import db
 from jobs.lease import won
 
+from .access import SYSTEM, StudyAccess
 from .errors import StudyNotFound
 from .models import (DONE, FAILED, PENDING, QUEUED, RUNNING, STUDY_TABLES, Study, StudyFile,
                      StudyHeatmap, StudyImage, utcnow_naive)
@@ -47,11 +48,12 @@ class ImageOutcome:
 
 
 def create_study(modality: str, model: str, explain: bool, files: list[OrderedFile],
-                 warnings: list[str]) -> str:
+                 warnings: list[str], owner_id: int | None = None) -> str:
     """Store the study, its images in reading order and their bytes; one transaction."""
     study_id = new_study_id()
     db.session.add(Study(id=study_id, status=QUEUED, modality=modality, model=model,
-                         explain=explain, total=len(files), done=0, warnings=warnings))
+                         explain=explain, total=len(files), done=0, warnings=warnings,
+                         owner_id=owner_id))
     db.session.flush()
     _add_images(study_id, files)
     db.session.commit()
@@ -172,12 +174,28 @@ def fail(study_id: str, token: str | None, code: str, message: str) -> bool:
     return failed
 
 
-def get_study(study_id: str, retention_hours: float) -> Study:
-    """The study, or StudyNotFound when it is unknown, deleted or past its retention."""
+def get_study(study_id: str, retention_hours: float, access: StudyAccess = SYSTEM) -> Study:
+    """The study, or StudyNotFound when it is unknown, deleted, past its retention or
+    not one that ``access`` may open."""
     study = db.session.get(Study, study_id) if isinstance(study_id, str) else None
-    if study is None or _expired(study, retention_hours):
+    if study is None or _expired(study, retention_hours) or not access.may_open(study):
         raise StudyNotFound("No study has this id: it may have expired or been deleted.")
     return study
+
+
+def studies_of(owner_id: int, retention_hours: float, limit: int = 200) -> list[Study]:
+    """The account's studies that are still kept, newest first."""
+    kept_since = utcnow_naive() - timedelta(hours=retention_hours)
+    return list(db.session.scalars(
+        select(Study).where(Study.owner_id == owner_id, Study.created_at >= kept_since)
+        .order_by(Study.created_at.desc()).limit(limit)))
+
+
+def running_analysis(pacs_study_uid: str) -> Study | None:
+    """An analysis of this PACS study that is still queued or running."""
+    return db.session.scalar(select(Study).where(
+        Study.pacs_study_uid == pacs_study_uid, Study.status.in_((QUEUED, RUNNING)))
+        .order_by(Study.created_at.desc()).limit(1))
 
 
 def study_row(study_id: str) -> Study | None:

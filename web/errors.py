@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import traceback
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, current_app, jsonify, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from auth.errors import (AccountError, Forbidden, NotSignedIn, ProviderUnavailable,
+                         SignInFailed)
 from extensions import db
 from inference.errors import (InvalidRequest, ModelUnavailable, ServiceError, UnsupportedImage,
                               UnusableImage)
@@ -35,7 +37,13 @@ DOMAIN_ERRORS: dict[type[ServiceError], tuple[int, str]] = {
     PacsError: (502, "pacs_unavailable"),
     PacsTimeout: (504, "pacs_timeout"),
     PacsNotConfigured: (503, "pacs_not_configured"),
+    NotSignedIn: (401, "unauthenticated"),
+    SignInFailed: (401, "unauthenticated"),
+    Forbidden: (403, "forbidden"),
+    AccountError: (400, "invalid_request"),
+    ProviderUnavailable: (503, "identity_provider_unavailable"),
 }
+REALM = 'Bearer realm="lungscan"'
 
 _HTTP_CODES = {
     400: "invalid_request",
@@ -92,10 +100,26 @@ def stack_without_messages(exc: BaseException) -> str:
     return "\ncaused by ".join(parts)
 
 
+def not_signed_in(exc: NotSignedIn):
+    """A page sends the visitor to sign in (and back); the API answers 401 with the
+    scheme to use."""
+    if not wants_json() and request.method == "GET" and \
+            current_app.extensions["settings"].auth.methods:
+        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+    response = error_response(401, "unauthenticated", exc.message)
+    if wants_json():
+        bearer = request.headers.get("Authorization")
+        response.headers["WWW-Authenticate"] = (
+            f'{REALM}, error="invalid_token"' if bearer else REALM)
+    return response
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
         return error_response(*status_and_code(exc), exc.message)
+
+    app.register_error_handler(NotSignedIn, not_signed_in)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

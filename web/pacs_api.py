@@ -7,6 +7,7 @@ from flask import Blueprint, jsonify, request, url_for
 from extensions import limiter
 from pacs import service as pacs
 
+from .access import owner_id
 from .api import flag
 from .services import inference_service, settings, tasks
 from .studies_api import study_rate_limit
@@ -20,20 +21,20 @@ def pacs_client():
 
 
 def start_analysis(study_uid: str) -> str:
-    """Shared by the API and the page: create the study job and queue it."""
-    study_id = pacs.analyse(pacs_client(), inference_service(), study_uid,
-                            request.form.get("modality"), request.form.get("model"),
-                            flag("explain"))
-    tasks().queue_study(study_id)
+    """Shared by the API and the page: create the study job and queue it (or the
+    analysis of this study that is still running)."""
+    study_id, new = pacs.analyse(pacs_client(), inference_service(), study_uid,
+                                 request.form.get("modality"), request.form.get("model"),
+                                 flag("explain"), owner_id=owner_id())
+    if new:
+        tasks().queue_study(study_id)
     return study_id
 
 
 @bp.get("/studies")
 def studies():
     modality = (request.args.get("modality") or "").strip() or None
-    response = jsonify({"studies": pacs.browse(pacs_client(), modality)})
-    response.headers["Cache-Control"] = "no-store"  # what a PACS holds is not cached
-    return response
+    return jsonify({"studies": pacs.browse(pacs_client(), modality)})
 
 
 @bp.post("/studies/<study_uid>/analyses")

@@ -9,11 +9,11 @@ from inference.errors import InvalidRequest
 from settings import StudySettings
 from studies import service as studies
 
+from .access import owner_id, study_access
 from .api import flag
 from .services import inference_service, settings, tasks
 
 bp = Blueprint("studies_api", __name__, url_prefix="/api/v1/studies")
-
 
 
 def study_config() -> StudySettings:
@@ -43,7 +43,8 @@ def submit_from_request() -> str:
     images, archive = read_files()
     study_id = studies.submit(inference_service(), study_config(),
                               request.form.get("modality"), request.form.get("model"),
-                              flag("explain"), uploads=images, archive=archive)
+                              flag("explain"), uploads=images, archive=archive,
+                              owner_id=owner_id())
     tasks().queue_study(study_id)
     return study_id
 
@@ -62,14 +63,12 @@ def submit():
 @bp.get("/<study_id>")
 def status(study_id: str):
     with_images = request.args.get("images", "1") != "0"  # images=0: progress only
-    response = jsonify(studies.view(study_config(), study_id, with_images))
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return jsonify(studies.view(study_config(), study_id, study_access(), with_images))
 
 
 @bp.get("/<study_id>/results.csv")
 def results_csv(study_id: str):
-    text = studies.csv_text(study_config(), study_id)
+    text = studies.csv_text(study_config(), study_id, study_access())
     return Response(text, mimetype="text/csv", headers={
         "Content-Disposition": f'attachment; filename="study-{study_id[:8]}.csv"',
         "Cache-Control": "no-store"})
@@ -77,6 +76,6 @@ def results_csv(study_id: str):
 
 @bp.delete("/<study_id>")
 def delete(study_id: str):
-    studies.delete(study_config(), study_id)
+    studies.delete(study_config(), study_id, study_access())
     return "", 204
 

@@ -18,6 +18,7 @@ from studies import service as studies
 from studies.errors import StudyNotFound
 from studies.plot import probability_plot_png
 
+from .access import current_identity, study_access
 from .errors import status_and_code
 from .pages import model_slots
 from .studies_api import study_config, study_rate_limit, submit_from_request
@@ -70,6 +71,13 @@ def render_form(form: StudyForm, error: str | None = None) -> str:
                            max_mib=limits.max_bytes // (1024 * 1024))
 
 
+@bp.get("/")
+def mine():
+    """The signed-in user's studies, newest first."""
+    return render_template("study_list.html",
+                           studies=studies.mine(study_config(), current_identity().user_id))
+
+
 @bp.get("/new")
 def new_study():
     return render_form(StudyForm())
@@ -91,7 +99,7 @@ def submit():
 
 @bp.get("/<study_id>")
 def study(study_id: str):
-    view = studies.view(study_config(), study_id)
+    view = studies.view(study_config(), study_id, study_access())
     return render_template("study.html", study=view, running=view["status"] in RUNNING_STATES,
                            series=series_numbers(view["images"]), delete_form=DeleteForm(),
                            shared=shared_warnings(view["images"]))
@@ -99,7 +107,7 @@ def study(study_id: str):
 
 @bp.get("/<study_id>/plot.png")
 def plot(study_id: str):
-    png = probability_plot_png(studies.view(study_config(), study_id))
+    png = probability_plot_png(studies.view(study_config(), study_id, study_access()))
     return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
 
 
@@ -112,21 +120,22 @@ def image_of(view: dict, index: int) -> dict:
 @bp.get("/<study_id>/images/<int:index>")
 def image(study_id: str, index: int):
     config = study_config()
-    view = studies.view(config, study_id)
+    view = studies.view(config, study_id, study_access())
     return render_template("study_image.html", study=view, image=image_of(view, index),
-                           heatmaps=studies.heatmaps_of(config, study_id, index),
+                           heatmaps=studies.heatmaps_of(config, study_id, study_access(), index),
                            series=series_numbers(view["images"]))
 
 
 @bp.get("/<study_id>/images/<int:index>/heatmap/<architecture>.png")
 def heatmap(study_id: str, index: int, architecture: str):
-    png = studies.heatmap_png(study_config(), study_id, index, architecture)
+    png = studies.heatmap_png(study_config(), study_id, study_access(), index,
+                             architecture)
     return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
 
 
 @bp.get("/<study_id>/report")
 def report(study_id: str):
-    view = studies.view(study_config(), study_id)
+    view = studies.view(study_config(), study_id, study_access())
     if view["status"] != "done":
         raise StudyNotFound("This study has no report yet: it has not finished.")
     plot_uri = "data:image/png;base64," + \
@@ -138,6 +147,6 @@ def report(study_id: str):
 
 @bp.post("/<study_id>/delete")
 def delete(study_id: str):
-    studies.delete(study_config(), study_id)
+    studies.delete(study_config(), study_id, study_access())
     flash("Study deleted: its images and results are gone.", "success")
     return redirect(url_for(".new_study"), code=303)

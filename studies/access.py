@@ -1,0 +1,24 @@
+"""Which studies a reader may open; every other one answers "not found", as an unknown
+id does, so that a study's existence does not leak."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StudyAccess:
+    user_id: int | None = None  # the signed-in reader; None for an anonymous one
+    sees_everything: bool = False  # admins, and the tool's own jobs and commands
+    reads_pacs: bool = False  # readers and up open the analyses of PACS studies
+
+    def may_open(self, study) -> bool:
+        if self.sees_everything:
+            return True
+        if study.source == "pacs":
+            return self.reads_pacs
+        # An anonymous study is open to whoever holds its id, as before accounts.
+        return study.owner_id is None or study.owner_id == self.user_id
+
+
+SYSTEM = StudyAccess(sees_everything=True)

@@ -1,0 +1,107 @@
+"""Sign-in and sign-out pages: the local account form, the identity provider's
+sign-in (OpenID Connect), and sign-out."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Blueprint, redirect, render_template, request, session, url_for
+from flask_wtf import FlaskForm
+from wtforms import HiddenField, PasswordField, StringField
+from wtforms.validators import DataRequired, Length
+
+from auth import local, oidc, sessions
+from auth.errors import SignInFailed
+from auth.models import LOCAL, OIDC
+from extensions import limiter
+
+from .services import settings
+
+bp = Blueprint("auth", __name__)
+
+NEXT_KEY = "login_next"
+
+
+class LoginForm(FlaskForm):
+    username = StringField("User name", validators=[DataRequired(), Length(max=64)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+    next = HiddenField()
+
+
+class LogoutForm(FlaskForm):
+    pass
+
+
+def safe_next(target: str | None) -> str:
+    """Only a path on this site: an open redirect would lend the site's name to phishing."""
+    target = (target or "").strip()
+    parts = urlsplit(target)
+    if not target.startswith("/") or target.startswith("//") or parts.scheme or parts.netloc \
+            or "\\" in target:
+        return url_for("pages.index")
+    return target
+
+
+def login_rate_limit() -> str:
+    return settings().auth.login_rate_limit
+
+
+def render_login(form: LoginForm, error: str | None = None, status: int = 200):
+    methods = settings().auth.methods
+    return render_template("login.html", form=form, error=error, local=LOCAL in methods,
+                           oidc=OIDC in methods), status
+
+
+@bp.get("/login")
+def login():
+    form = LoginForm(next=safe_next(request.args.get("next")))
+    if not settings().auth.methods:
+        return render_login(form, "Sign-in is not set up on this site.", 404)
+    return render_login(form)
+
+
+@bp.post("/login")
+@limiter.limit(login_rate_limit)
+def login_submit():
+    form = LoginForm()
+    auth = settings().auth
+    if LOCAL not in auth.methods:
+        return render_login(form, "This site has no local accounts.", 404)
+    if not form.validate_on_submit():
+        return render_login(form, SignInFailed.MESSAGE, 401)
+    try:
+        user = local.authenticate(form.username.data, form.password.data, auth)
+    except SignInFailed as exc:
+        return render_login(form, exc.message, 401)
+    sessions.start(user, LOCAL)
+    return redirect(safe_next(form.next.data), 303)
+
+
+@bp.get("/login/oidc")
+def login_oidc():
+    if OIDC not in settings().auth.methods:
+        return render_login(LoginForm(), "This site has no identity provider set up.", 404)
+    session[NEXT_KEY] = safe_next(request.args.get("next"))
+    return oidc.start_sign_in(url_for("auth.oidc_callback", _external=True))
+
+
+@bp.get("/login/oidc/callback")
+def oidc_callback():
+    if OIDC not in settings().auth.methods:
+        return render_login(LoginForm(), "This site has no identity provider set up.", 404)
+    target = safe_next(session.get(NEXT_KEY))
+    try:
+        user = oidc.finish_sign_in(settings().auth.oidc)
+    except SignInFailed as exc:
+        return render_login(LoginForm(), exc.message, 401)
+    sessions.start(user, OIDC)
+    return redirect(target, 303)
+
+
+@bp.post("/logout")
+def logout():
+    form = LogoutForm()
+    if form.validate_on_submit():
+        sessions.end()
+    return redirect(url_for("auth.login") if settings().auth.methods
+                    else url_for("pages.index"), 303)
