@@ -37,6 +37,8 @@ def testing_config(tmp_path, **overrides) -> dict:
     config.update(MODEL_DIR=str(tmp_path / "models"),
                   SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'test.sqlite3'}")
     config.update(overrides)
+    if config.get("DICOMWEB_URL") and "AUTH_METHODS" not in overrides:
+        config["AUTH_METHODS"] = "local"  # the app needs a sign-in method to reach a PACS
     if str(config.get("AUTO_MIGRATE", True)).strip().lower() not in NO_AUTO_MIGRATE:
         copy_migrated_template(config.get("SQLALCHEMY_DATABASE_URI"))
     return config
@@ -60,6 +62,23 @@ def reconfigure(app, **changes) -> None:
     """Change settings of a running app (as a restart with them would)."""
     app.config.update(changes)
     app.extensions["settings"] = load_settings(app.config)
+
+
+def signed_in(app, client=None, role: str = "analyst", name: str | None = None) -> str:
+    """A local account with that role and a personal API token; the test client (if
+    given) sends the token with every request from now on. The token."""
+    from auth import accounts, tokens
+
+    with app.app_context():
+        name = name or f"{role}-{len(accounts.all_users()) + 1}"
+        accounts.create(name, role, TEST_PASSWORD)
+        _, secret = tokens.create(name)
+    if client is not None:
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
+    return secret
+
+
+TEST_PASSWORD = "correct horse battery staple"
 
 
 def run_queued_jobs(app) -> int:

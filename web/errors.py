@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import traceback
 
-from flask import Flask, current_app, jsonify, redirect, render_template, request, url_for
+from flask import Flask, current_app, jsonify, make_response, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -103,12 +103,13 @@ def stack_without_messages(exc: BaseException) -> str:
 def not_signed_in(exc: NotSignedIn):
     """A page sends the visitor to sign in (and back); the API answers 401 with the
     scheme to use."""
-    if not wants_json() and request.method == "GET" and \
+    bearer = request.headers.get("Authorization")
+    if not wants_json() and request.method == "GET" and not bearer and \
             current_app.extensions["settings"].auth.methods:
         return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
     response = error_response(401, "unauthenticated", exc.message)
-    if wants_json():
-        bearer = request.headers.get("Authorization")
+    if wants_json() or bearer:
+        response = make_response(response)
         response.headers["WWW-Authenticate"] = (
             f'{REALM}, error="invalid_token"' if bearer else REALM)
     return response
