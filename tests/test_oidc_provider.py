@@ -26,7 +26,9 @@ class CallbackHandler(BaseHTTPRequestHandler):
     """The site's redirect_uri, standing in: it records each query it is sent."""
 
     def do_GET(self):  # noqa: N802 - http.server's name
-        self.server.queries.append(parse_qs(urlsplit(self.path).query))
+        url = urlsplit(self.path)
+        if url.path == CALLBACK_PATH:  # not the browser's /favicon.ico
+            self.server.queries.append(parse_qs(url.query))
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.end_headers()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import traceback
 
-from flask import Flask, current_app, jsonify, make_response, redirect, render_template, request, url_for
+from flask import (Flask, Response, current_app, jsonify, make_response, redirect,
+                   render_template, request, url_for)
 from flask_wtf.csrf import CSRFError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
 
 from auth.errors import (AccountError, Forbidden, NotSignedIn, ProviderUnavailable,
                          SignInFailed)
@@ -124,6 +125,9 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
+        if isinstance(exc, SecurityError):  # a Host not in TRUSTED_HOSTS: no URL can be built
+            return Response("This site does not answer to that host name.\n", 400,
+                            mimetype="text/plain")
         status = exc.code or 500
         return error_response(status, _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_")),
                               _http_message(exc))
