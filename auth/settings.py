@@ -3,8 +3,8 @@ without a door stops the app with a message that says what to set."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from .errors import AccountError, AuthNotConfigured
 from .roles import parse_role_map
@@ -54,7 +54,7 @@ def parse_methods(text) -> frozenset:
     methods = frozenset(m.strip().lower() for m in str(text or "").split(",") if m.strip())
     unknown = methods - set(METHODS)
     if unknown:
-        raise AuthNotConfigured(f"AUTH_METHODS: unknown method {sorted(unknown)[0]!r}; use "
+        raise AuthNotConfigured(f"AUTH_METHODS: unknown method {min(unknown)!r}; use "
                                 "local, oidc or local,oidc.")
     return methods
 

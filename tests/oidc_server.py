@@ -2,14 +2,16 @@
 
 ``OidcProvider`` starts ``node tests/oidc/provider.mjs`` on a free port with its own
 RS256 key, clients and accounts (see that file for how the provider behaves). The
-accounts sign in with the password ``password``. The fixtures (tests/conftest.py
-imports them): ``oidc_provider`` is one provider for a test module, started once;
+accounts sign in with the password ``password``: ``OidcProvider.sign_in`` without a
+browser, ``login_in_browser`` with Playwright. The fixtures (a test module or
+tests/conftest.py imports them): ``oidc_provider`` is one provider for a test module, started once;
 ``oidc_redirect_uris`` (module scope) gives the redirect URIs of its ``lungscan``
 client, and a module overrides it to send the browser somewhere else.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import shutil
@@ -21,6 +23,8 @@ from urllib.parse import urljoin
 
 import pytest
 import requests
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 
 from .redis_server import free_port
 
@@ -31,8 +35,22 @@ PASSWORD = "password"  # every account's password (tests/oidc/provider.mjs)
 DEFAULT_REDIRECT_URIS = ("http://127.0.0.1:5000/login/oidc/callback",)
 DEFAULT_ROLES = {"reader1": ["reader"], "analyst1": ["analyst"], "admin1": ["admin"],
                  "radiologist1": ["radiologist"], "noroles1": []}
-UNAVAILABLE = ("node or tests/oidc/node_modules is missing: install Debian's nodejs and npm, "
-               "then run `npm ci --prefix tests/oidc` (.ci/run does)")
+MIN_NODE = (20, 18)  # oidc-provider 9 calls URL.parse
+UNAVAILABLE = (f"node {MIN_NODE[0]}.{MIN_NODE[1]}+ or tests/oidc/node_modules is missing: "
+               "install nodejs and npm, then run `npm ci --prefix tests/oidc` (.ci/run does)")
+
+
+@functools.cache
+def node_version() -> tuple[int, ...]:
+    """The installed node's version, (0,) without one."""
+    if NODE is None:
+        return (0,)
+    try:
+        found = subprocess.run([NODE, "--version"], capture_output=True, text=True,
+                               timeout=30, check=True).stdout
+        return tuple(int(part) for part in found.strip().lstrip("v").split("."))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return (0,)
 
 
 def default_accounts() -> list[dict]:
@@ -51,9 +69,7 @@ def default_clients(redirect_uris) -> list[dict]:
              "roles": ["analyst"]}]
 
 
-def new_key(kid: str):
-    from joserfc.jwk import RSAKey
-
+def new_key(kid: str) -> RSAKey:
     return RSAKey.generate_key(2048, parameters={"kid": kid, "alg": "RS256", "use": "sig"},
                                private=True)
 
@@ -85,8 +101,8 @@ class OidcProvider:
 
     @staticmethod
     def available() -> bool:
-        """Whether node and the npm packages of tests/oidc are installed."""
-        return NODE is not None and (OIDC_DIR / "node_modules" / "oidc-provider"
+        """Whether a new enough node and the npm packages of tests/oidc are installed."""
+        return node_version() >= MIN_NODE and (OIDC_DIR / "node_modules" / "oidc-provider"
                                      / "package.json").exists()
 
     def config(self) -> dict:
@@ -162,8 +178,6 @@ class OidcProvider:
         with another key under the same kid when ``foreign_key``. ``iss``, ``aud``,
         ``iat`` and ``exp`` default to the provider's, now and now + the token TTL; a
         claim given as None is left out."""
-        from joserfc import jwt
-
         now = int(time.time())
         payload = {"iss": self.issuer, "aud": self.audience, "iat": now,
                    "exp": now + self.access_token_ttl_s, **claims}

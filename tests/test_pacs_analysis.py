@@ -16,7 +16,7 @@ from settings import settings_of
 from studies import service as studies
 from studies.models import Study
 
-from .conftest import run_queued_jobs, testing_config
+from .conftest import run_queued_jobs, signed_in, testing_config
 from .dicom_factory import PATIENT_ID, PATIENT_NAME, to_bytes, xray_file
 from .orthanc_server import needs_orthanc
 from .study_helpers import ct_series, wait_for_study
@@ -60,6 +60,7 @@ def wait_written(client, url: str, deadline_s: float = 120) -> dict:
 def test_the_api_lists_pacs_studies_without_patient_data(pacs_app, orthanc):
     ct_uid = upload_study(orthanc, ct_series(3, prefix="L"), "Chest CT for listing")
     client = pacs_app.test_client()
+    signed_in(pacs_app, client)  # the PACS routes need a signed-in analyst
     answer = client.get("/api/v1/pacs/studies")
     assert answer.headers["Cache-Control"] == "no-store"  # what a PACS holds is not cached
     listed = answer.get_json()["studies"]
@@ -75,6 +76,7 @@ def test_one_click_analysis_writes_a_report_and_heatmaps_back(pacs_app, orthanc)
     series = ct_series(6, prefix="A")
     study_uid = upload_study(orthanc, series, "Chest CT to analyse")
     client = pacs_app.test_client()
+    signed_in(pacs_app, client)  # the PACS routes need a signed-in analyst
     answer = client.post(f"/api/v1/pacs/studies/{study_uid}/analyses",
                          data={"modality": "ct", "model": "all", "explain": "1"})
     assert answer.status_code == 202, answer.get_json()
@@ -128,6 +130,7 @@ def test_an_xray_study_is_analysed_as_xray(pacs_app, orthanc):
     files = [(f"x{i}.dcm", xray_file(rng.integers(0, 4095, (64, 64)))) for i in range(2)]
     study_uid = upload_study(orthanc, files, "Chest X-ray")
     client = pacs_app.test_client()
+    signed_in(pacs_app, client)  # the PACS routes need a signed-in analyst
     answer = client.post(f"/api/v1/pacs/studies/{study_uid}/analyses",
                          data={"modality": "xray", "model": "resnet50"})
     view = wait_for_study(client, answer.get_json()["url"])
@@ -140,6 +143,7 @@ def test_an_xray_study_is_analysed_as_xray(pacs_app, orthanc):
 
 def test_bad_requests_never_reach_another_server(pacs_app):
     client = pacs_app.test_client()
+    signed_in(pacs_app, client)  # the PACS routes need a signed-in analyst
     for uid in ("1.2.3;rm -rf", "http://evil.example/x", "1..2"):
         answer = client.post(f"/api/v1/pacs/studies/{uid}/analyses",
                              data={"modality": "ct", "model": "vgg16"})
@@ -153,6 +157,7 @@ def test_bad_requests_never_reach_another_server(pacs_app):
 def test_the_page_lists_studies_with_names_and_analyses_one(pacs_app, orthanc):
     study_uid = upload_study(orthanc, ct_series(3, prefix="P"), "Chest CT on the page")
     client = pacs_app.test_client()
+    signed_in(pacs_app, client)  # the PACS routes need a signed-in analyst
     page = client.get("/pacs").get_data(as_text=True)
     assert "Chest CT on the page" in page and study_uid in page
     assert "Testpatient" in page  # shown to pick a study...
@@ -205,6 +210,7 @@ def test_a_pacs_study_past_the_study_limits_fails_plainly(tmp_path, tiny_model_d
                                     DICOMWEB_URL=orthanc.dicomweb_url, **limit))
     study_uid = upload_study(orthanc, ct_series(3, prefix="T"), "Chest CT past the limits")
     client = app.test_client()
+    signed_in(app, client)  # the PACS routes need a signed-in analyst
     answer = client.post(f"/api/v1/pacs/studies/{study_uid}/analyses",
                          data={"modality": "ct", "model": "vgg16"})
     assert answer.status_code == 202

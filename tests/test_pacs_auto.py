@@ -15,7 +15,7 @@ from pacs.models import PacsArrival
 from settings import settings_of
 from studies.models import Study
 
-from .conftest import testing_config
+from .conftest import signed_in, testing_config
 from .dicom_factory import PATIENT_ID, PATIENT_NAME
 from .orthanc_server import needs_orthanc
 from .study_helpers import ct_series, wait_for_study
@@ -43,6 +43,7 @@ def test_a_new_study_is_analysed_once_and_written_back(tmp_path, tiny_model_dir,
                                                        instance_path):
     app = auto_app(tmp_path, tiny_model_dir, orthanc, EMBEDDED_WORKER=True)
     client = app.test_client()
+    signed_in(app, client, role="reader")  # any reader opens a PACS study's analysis
     try:
         study_uid = upload_study(orthanc, ct_series(4, prefix="N"), "Arrived CT")
         client.get("/healthz")  # a first request starts the embedded worker and its poll
@@ -107,6 +108,7 @@ def test_a_stopped_pacs_is_said_plainly_everywhere(tmp_path, tiny_model_dir, ort
                                                    instance_path, caplog):
     app = auto_app(tmp_path, tiny_model_dir, orthanc)
     client = app.test_client()
+    signed_in(app, client)  # the PACS routes need a signed-in analyst
     orthanc.stop()
     listed = client.get("/api/v1/pacs/studies")
     assert listed.status_code == 502

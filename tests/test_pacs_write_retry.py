@@ -22,7 +22,7 @@ from pacs.client import PacsClient
 from settings import settings_of
 from studies.models import Study, utcnow_naive
 
-from .conftest import reconfigure, run_queued_jobs, testing_config
+from .conftest import reconfigure, run_queued_jobs, signed_in, testing_config
 from .orthanc_server import needs_orthanc
 from .study_helpers import ct_series
 from .test_pacs_analysis import upload_study, wait_written
@@ -55,11 +55,12 @@ def analyse(client, study_uid: str, **fields) -> str:
 def analysed_pacs_study(tmp_path, model_dir, orthanc, slices: int, prefix: str,
                         description: str, fields: dict | None = None, **overrides):
     """A CT series uploaded to Orthanc and its analysis requested through the API, by
-    an app with these setting ``overrides``: (app, client, study UID, the study's API
-    url)."""
+    an app with these setting ``overrides``: (app, a client signed in as an analyst,
+    study UID, the study's API url)."""
     app = make_app(tmp_path, model_dir, orthanc, **overrides)
     study_uid = upload_study(orthanc, ct_series(slices, prefix=prefix), description)
     client = app.test_client()
+    signed_in(app, client)  # the PACS routes need a signed-in analyst
     return app, client, study_uid, analyse(client, study_uid, **(fields or {}))
 
 
@@ -173,6 +174,7 @@ def test_a_lost_queue_message_is_queued_again_after_the_lease(
     monkeypatch.setattr(huey, "enqueue", enqueue)
     study_uid = upload_study(orthanc, ct_series(2, prefix="Q"), "Chest CT, job lost")
     client = app.test_client()
+    signed_in(app, client)  # the PACS routes need a signed-in analyst
     try:
         url = analyse(client, study_uid)
         view = wait_written(client, url)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from flask import Flask, g, request
 
-from auth.errors import AuthNotConfigured, NotSignedIn
 from auth.caller import caller
+from auth.errors import AuthNotConfigured, NotSignedIn
 from auth.identity import ANONYMOUS, Identity
 from auth.policy import POLICY, PUBLIC, check, unruled
 from studies.access import StudyAccess

@@ -164,6 +164,27 @@ def _prediction_schema() -> dict:
                 "disclaimer": {"type": "string"}}}
 
 
+SECURITY_SCHEMES = {
+    "personalToken": {
+        "type": "http", "scheme": "bearer", "bearerFormat": "lst_...",
+        "description": "A personal API token from `flask tokens create USER`."},
+    "providerToken": {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": "An access token from the site's identity provider (OpenID "
+                       "Connect), for the audience OIDC_AUDIENCE."},
+}
+SIGNED_IN_ONLY = [{"personalToken": []}, {"providerToken": []}]
+
+
+def signed_in_only(paths: dict) -> dict:
+    """PACS operations are never anonymous: they declare the token schemes alone."""
+    for path, operations in paths.items():
+        if path.startswith("/api/v1/pacs/"):
+            for operation in operations.values():
+                operation["security"] = SIGNED_IN_ONLY
+    return paths
+
+
 def openapi_document() -> dict:
     return {
         "openapi": "3.1.0",
@@ -172,8 +193,10 @@ def openapi_document() -> dict:
             "version": "1.0.0",
             "description": DISCLAIMER,
         },
-        "paths": {**_paths(), **study_paths()},
-        "components": {"schemas": {
+        "paths": signed_in_only({**_paths(), **study_paths()}),
+        # Anonymous calls are allowed where PUBLIC_ACCESS is true ({}), else either token.
+        "security": [{}, {"personalToken": []}, {"providerToken": []}],
+        "components": {"securitySchemes": SECURITY_SCHEMES, "schemas": {
             "Error": _error_schema(),
             "ModelList": _model_list_schema(),
             "Result": _result_schema(),

@@ -58,3 +58,22 @@ def test_copy_button_copies_the_curl_command(page, site):
     # writeText resolves asynchronously: wait (up to Playwright's deadline) for the label.
     expect(button).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == f"curl {site.url}/api/v1/models"
+
+
+def test_authorize_sends_the_token_with_try_it_out(page, site):
+    """Swagger UI's Authorize takes a personal token and Try it out sends it."""
+    page.goto("/api")
+    page.locator(".swagger-ui .btn.authorize").first.click()
+    dialog = page.locator(".swagger-ui .modal-ux")
+    dialog.locator("input").first.fill("lst_example-token")
+    dialog.locator("button.authorize").first.click()
+    dialog.locator("button.btn-done").first.click()
+    sent = []
+    page.on("request", lambda request: sent.append(request.headers.get("authorization"))
+            if request.url.endswith("/api/v1/models") else None)
+    models = page.locator(".swagger-ui .opblock-get", has_text="/api/v1/models")
+    models.locator(".opblock-summary").click()
+    models.locator("button.try-out__btn").click()
+    models.locator("button.execute").click()
+    models.locator(".responses-wrapper .live-responses-table").wait_for(state="visible")
+    assert "Bearer lst_example-token" in sent

@@ -1,5 +1,5 @@
-"""End-to-end: a study sent to Orthanc appears on /pacs; one click analyses it and the
-report lands in the study in Orthanc, where its own viewer lists it."""
+"""End-to-end: an analyst signs in; a study sent to Orthanc appears on /pacs; one click
+analyses it and the report lands in the study in Orthanc, where its own viewer lists it."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ import time
 import pytest
 import requests
 
+from ..conftest import TEST_PASSWORD
 from ..orthanc_server import needs_orthanc
 from ..server import start_server
 from ..study_helpers import ct_series
 from ..test_pacs_analysis import upload_study
 from .conftest import screenshot
+from .signin import create_account, sign_in
 from .test_study_pages import wait_for_verdict
 
 pytestmark = needs_orthanc
+
+ANALYST = "pacs-analyst"
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +29,14 @@ def pacs_site(tmp_path_factory, tiny_model_dir, module_orthanc):
     models = root / "models"
     shutil.copytree(tiny_model_dir, models)
     server = start_server(root / "web", models, workers=1,
-                          env={"FLASK_DICOMWEB_URL": module_orthanc.dicomweb_url})
+                          env={"FLASK_DICOMWEB_URL": module_orthanc.dicomweb_url,
+                               "FLASK_AUTH_METHODS": "local"})  # a PACS needs sign-in
     server.orthanc = module_orthanc
-    yield server
-    server.stop()
+    try:
+        create_account(server, ANALYST, "analyst", TEST_PASSWORD)
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -47,7 +55,7 @@ def test_one_click_puts_a_report_into_the_pacs_study(pacs_page, pacs_site):
     page, orthanc = pacs_page, pacs_site.orthanc
     study_uid = upload_study(orthanc, ct_series(5, prefix=f"E{page.viewport_name}"),
                              f"Chest CT {page.viewport_name}")
-    page.goto("/pacs")
+    sign_in(page, pacs_site.url, ANALYST, TEST_PASSWORD, next_path="/pacs")
     row = page.locator(f"tr[data-study-uid='{study_uid}']")
     assert f"Chest CT {page.viewport_name}" in row.inner_text()
     screenshot(page, "pacs")

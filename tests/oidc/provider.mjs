@@ -106,7 +106,10 @@ const provider = new Provider(config.issuer, {
   scopes: ['openid', 'offline_access', 'profile', 'email', 'roles'],
   conformIdTokenClaims: false,
   pkce: { required: () => true },
-  ttl: { AccessToken: ttl, ClientCredentials: ttl },
+  ttl: {
+    AccessToken: ttl, ClientCredentials: ttl, IdToken: ttl, Interaction: 3600, Session: 86400,
+    Grant: 86400,
+  },
   async findAccount(ctx, sub) {
     const account = findBySub(sub);
     return account && { accountId: account.sub, claims: () => accountClaims(account) };
@@ -155,8 +158,8 @@ async function formBody(req) {
 async function interaction(ctx) {
   const details = await provider.interactionDetails(ctx.req, ctx.res);
   if (details.prompt.name !== 'login') {
-    // Consent is granted by loadExistingGrant: nothing is left to ask.
-    const grant = await loadExistingGrantFor(details);
+    // A consent prompt (loadExistingGrant grants all first, so rare) is answered yes.
+    const grant = await consentGrant(details);
     const result = { consent: { grantId: await grant.save() } };
     await provider.interactionFinished(ctx.req, ctx.res, result, { mergeWithLastSubmission: true });
     return;
@@ -178,7 +181,7 @@ async function interaction(ctx) {
   ctx.body = loginPage(details.uid);
 }
 
-async function loadExistingGrantFor({ grantId, session, params, prompt: { details } }) {
+async function consentGrant({ grantId, session, params, prompt: { details } }) {
   const grant = (grantId && await provider.Grant.find(grantId))
     || new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
   if (details.missingOIDCScope) grant.addOIDCScope(details.missingOIDCScope.join(' '));
@@ -190,6 +193,10 @@ async function loadExistingGrantFor({ grantId, session, params, prompt: { detail
 }
 
 provider.use(async (ctx, next) => {
+  if (ctx.path === '/favicon.ico') {
+    ctx.status = 204; // a browser on the sign-in page asks for one
+    return undefined;
+  }
   if (!/^\/interaction\/[^/]+$/.test(ctx.path) || !['GET', 'POST'].includes(ctx.method)) {
     return next();
   }
