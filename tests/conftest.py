@@ -17,6 +17,7 @@ from settings import load_settings  # noqa: E402
 
 from .mail_server import mail  # noqa: E402,F401 - a fixture
 from .model_factory import full_size_model, install, scan_like_png, tiny_model  # noqa: E402
+from .oidc_server import oidc_provider, oidc_redirect_uris  # noqa: E402,F401 - fixtures
 from .orthanc_server import module_orthanc, orthanc, orthanc_credentials  # noqa: E402,F401 - fixtures
 
 TINY_CARD = {"input_size": [32, 32]}

@@ -14,12 +14,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 import requests
 
-from . import oidc_server
 from .e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 from .oidc_server import PASSWORD, login_in_browser, needs_oidc
 
 pytestmark = needs_oidc
-oidc_provider = oidc_server.oidc_provider  # the fixture, also when conftest.py lacks it
 CALLBACK_PATH = "/login/oidc/callback"
 
 
