@@ -130,3 +130,17 @@ def test_only_trusted_host_names_are_answered(app_factory):
     client = app.test_client()
     assert client.get("/healthz", headers={"Host": "lungscan.example"}).status_code == 200
     assert client.get("/healthz", headers={"Host": "evil.example"}).status_code == 400
+
+
+def test_a_reader_sees_the_pacs_list_without_the_analyse_form(hospital, monkeypatch):
+    from pacs import service as pacs
+
+    monkeypatch.setattr(pacs, "browse", lambda *a, **k: [{
+        "study_uid": UID, "date": "20260101", "description": "Chest", "modalities": ["CT"],
+        "series": 1, "images": 3, "patient_name": "Doe^Jane", "patient_id": "P1"}])
+    reader, analyst = hospital.test_client(), hospital.test_client()
+    signed_in(hospital, reader, role="reader")
+    signed_in(hospital, analyst, role="analyst")
+    as_reader = reader.get("/pacs").get_data(as_text=True)
+    assert UID in as_reader and "pacs-analyse" not in as_reader and "analysts only" in as_reader
+    assert "pacs-analyse" in analyst.get("/pacs").get_data(as_text=True)

@@ -51,7 +51,7 @@ def owner_id() -> int | None:
 def identity_headers(response):
     """No cache keeps an API answer or a page a signed-in person saw; browsers that came
     over HTTPS are told to keep to it."""
-    if request.path.startswith("/api/") or current_identity().signed_in:
+    if request.path.startswith("/api/v1/") or current_identity().signed_in:
         response.headers["Cache-Control"] = "no-store"
     if settings().auth.prefer_https or request.is_secure:
         response.headers.setdefault("Strict-Transport-Security", HSTS)
