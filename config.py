@@ -8,6 +8,14 @@ variables prefixed ``FLASK_`` (``FLASK_MODEL_DIR``, ``FLASK_SECRET_KEY``...), th
 import os
 
 BASE_DIR = os.path.abspath(os.path.dirname(__file__))
+FALSE_VALUES = {"", "0", "false", "no", "off"}
+
+
+def is_true(value) -> bool:
+    """A boolean setting as people mean it: ``FLASK_X=no`` arrives as a string."""
+    if isinstance(value, str):
+        return value.strip().lower() not in FALSE_VALUES
+    return bool(value)
 
 
 class Config:

@@ -24,6 +24,7 @@ PROVIDER = "idp"
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
 NO_ROLE = ("Your account at the identity provider has no role in this tool: ask the "
            "administrator for one.")
+NOT_ANSWERING = "The identity provider is not answering just now: try again in a moment."
 UNREACHABLE = (requests.RequestException, OSError, RuntimeError)
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,7 @@ def start_sign_in(redirect_uri: str):
     try:
         return provider().authorize_redirect(redirect_uri)
     except UNREACHABLE as exc:
-        raise ProviderUnavailable("The identity provider is not answering just now: try "
-                                  "again in a moment.") from exc
+        raise ProviderUnavailable(NOT_ANSWERING) from exc
 
 
 def finish_sign_in(settings: OidcSettings) -> User:
@@ -63,8 +63,7 @@ def finish_sign_in(settings: OidcSettings) -> User:
         log.info("identity provider sign-in refused: %s", exc.error)
         raise SignInFailed() from exc
     except UNREACHABLE as exc:
-        raise ProviderUnavailable("The identity provider is not answering just now: try "
-                                  "again in a moment.") from exc
+        raise ProviderUnavailable(NOT_ANSWERING) from exc
     user = provider_account(claims, settings)
     if user is None:
         raise SignInFailed(NO_ROLE)

@@ -6,15 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from config import is_true
+
 from .errors import AccountError, AuthNotConfigured
 from .roles import parse_role_map
 
 METHODS = ("local", "oidc")
-FALSE_VALUES = {"", "0", "false", "no", "off"}
-
-
-def flag(value) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() not in FALSE_VALUES
 
 
 @dataclass(frozen=True)
@@ -87,7 +84,7 @@ def auth_settings(config: Mapping, environ: Mapping) -> AuthSettings:
             "method is configured. Set AUTH_METHODS=local (accounts from `flask users "
             "create`) or AUTH_METHODS=oidc (with OIDC_ISSUER, OIDC_CLIENT_ID and the "
             "OIDC_CLIENT_SECRET environment variable), or unset DICOMWEB_URL.")
-    public_access = flag(config["PUBLIC_ACCESS"])
+    public_access = is_true(config["PUBLIC_ACCESS"])
     if not public_access and not methods:
         raise AuthNotConfigured("PUBLIC_ACCESS is false, so every page needs a signed-in "
                                 "user, and no sign-in method is configured: set "
@@ -96,7 +93,7 @@ def auth_settings(config: Mapping, environ: Mapping) -> AuthSettings:
         methods=methods, public_access=public_access,
         idle_minutes=float(config["SESSION_IDLE_MINUTES"]),
         max_hours=float(config["SESSION_MAX_HOURS"]),
-        prefer_https=flag(config["PREFER_HTTPS"]),
+        prefer_https=is_true(config["PREFER_HTTPS"]),
         login_free_attempts=int(config["LOGIN_FREE_ATTEMPTS"]),
         login_delay_s=float(config["LOGIN_DELAY_S"]),
         login_delay_max_s=float(config["LOGIN_DELAY_MAX_S"]),

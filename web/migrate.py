@@ -23,11 +23,12 @@ from flask_migrate import Migrate
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
+from config import is_true
+
 MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "migrations")
 # Key of the PostgreSQL advisory lock held while migrating ("LungScan" as 8 bytes).
 ADVISORY_LOCK_KEY = int.from_bytes(b"LungScan", "big") - (1 << 63)
-FALSE_VALUES = {"", "0", "false", "no", "off"}
 
 log = logging.getLogger(__name__)
 migrate = Migrate(directory=MIGRATIONS_DIR)
@@ -43,9 +44,7 @@ def init_schema(app: Flask, db) -> None:
 
 def auto_migrate(value) -> bool:
     """``FLASK_AUTO_MIGRATE=no`` arrives as a string: read it as people mean it."""
-    if isinstance(value, str):
-        return value.strip().lower() not in FALSE_VALUES
-    return bool(value)
+    return is_true(value)
 
 
 def upgrade_to_head(app: Flask, engine) -> bool:
