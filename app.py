@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 from flask import Flask
 
+import audit.models  # noqa: F401 - registers the tables
 import auth.models  # noqa: F401 - registers the tables
 import contact.models  # noqa: F401 - registers the table
 import pacs.models  # noqa: F401 - registers the table
 import studies.models  # noqa: F401 - registers the tables
+from audit.cli import audit_cli
+from audit.trail import install as install_audit_trail
 from auth.cli import tokens_cli, users_cli
 from auth.oidc import register_provider
 from auth.sessions import SessionCookies
@@ -34,9 +37,10 @@ from pacs.cli import pacs_cli
 from pacs.tasks import register_pacs_tasks
 from settings import InferenceSettings, Settings, load_settings
 from studies.tasks import register_study_tasks
-from web.api import bp as api_bp
 from web.access import register_door, require_rules
+from web.api import bp as api_bp
 from web.apidocs import bp as apidocs_bp
+from web.audit_pages import bp as audit_bp
 from web.auth_pages import bp as auth_bp
 from web.cli import models_cli
 from web.errors import register as register_error_pages
@@ -135,6 +139,7 @@ def trust_proxies(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     db.init_app(app)
+    install_audit_trail()
     app.before_request(allow_study_sized_bodies)  # before CSRF reads the form
     csrf.init_app(app)
     limiter.init_app(app)
@@ -187,13 +192,14 @@ def register_tasks(app: Flask, settings: Settings) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    for blueprint in (auth_bp, pages_bp, study_pages_bp, contact_bp, api_bp, studies_api_bp,
-                      pacs_api_bp, pacs_pages_bp, apidocs_bp, health_bp):
+    for blueprint in (auth_bp, audit_bp, pages_bp, study_pages_bp, contact_bp, api_bp,
+                      studies_api_bp, pacs_api_bp, pacs_pages_bp, apidocs_bp, health_bp):
         app.register_blueprint(blueprint)
     for blueprint in (api_bp, studies_api_bp, pacs_api_bp, health_bp):
         csrf.exempt(blueprint)
 
 
 def register_commands(app: Flask) -> None:
-    for command in (contact_cli, models_cli, worker_command, pacs_cli, users_cli, tokens_cli):
+    for command in (contact_cli, models_cli, worker_command, pacs_cli, users_cli, tokens_cli,
+                    audit_cli):
         app.cli.add_command(command)

@@ -14,6 +14,8 @@ Override with the environment: ``WEB_CONCURRENCY`` (workers), ``GUNICORN_THREADS
 import os
 import threading
 
+from audit.actions import APP_STARTED, APP_STOPPED
+from audit.trail import lifecycle
 from inference.runtime import available_cores  # cheap: no TensorFlow
 
 CORES = available_cores()
@@ -60,6 +62,8 @@ def post_worker_init(worker):
     settings = getattr(app, "extensions", {}).get("settings")
     if settings is None:  # not this project's app
         return
+    with app.app_context():
+        lifecycle(APP_STARTED, "web")
     if settings.inference.prepare:
         app.extensions["inference"].start_preparation()
     queue = app.extensions["job_queue"]
@@ -78,3 +82,10 @@ def post_worker_init(worker):
                         echo=worker.log.info)
 
     threading.Thread(target=warm, name="warm-models", daemon=True).start()
+
+
+def worker_exit(server, worker):
+    app = worker.wsgi
+    if getattr(app, "extensions", {}).get("settings") is not None:
+        with app.app_context():
+            lifecycle(APP_STOPPED, "web")

@@ -9,6 +9,7 @@ import secrets
 from sqlalchemy import select
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from audit import actions, trail
 from extensions import db
 
 from .errors import AccountError
@@ -103,6 +104,9 @@ def reset_password(name: str, password: str) -> User:
     return user
 
 
+PROVIDER = trail.Actor(None, "identity-provider", None, "oidc")  # its claims made the change
+
+
 def provider_user(subject: str, name: str, role: str) -> User:
     """The account the identity provider vouches for, made at its first sign-in; its
     role follows the provider's claim at every sign-in and token."""
@@ -113,7 +117,11 @@ def provider_user(subject: str, name: str, role: str) -> User:
         user = User(name=f"{base}-{secrets.token_hex(4)}" if taken else base, role=role,
                     method=OIDC, subject=subject)
         db.session.add(user)
+        trail.record(actions.ACCOUNT_CHANGED, PROVIDER, change="create", account=user.name,
+                     role=role)
     elif user.role != role:
+        trail.record(actions.ACCOUNT_CHANGED, PROVIDER, change="set-role",
+                     account=user.name, role=role)
         user.role = role
     db.session.commit()
     return user

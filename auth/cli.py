@@ -7,6 +7,8 @@ import sys
 import click
 from flask.cli import AppGroup
 
+from audit import actions, trail
+
 from . import accounts, tokens
 from .errors import AccountError
 from .roles import ROLES
@@ -15,9 +17,11 @@ users_cli = AppGroup("users", help="Local accounts: create, list, disable, roles
 tokens_cli = AppGroup("tokens", help="Personal API tokens: create, list, revoke.")
 
 
-def fail_on_account_error(run):
+def fail_on_account_error(run, action: str = actions.ACCOUNT_CHANGED, **target):
+    """Run one change, recorded in the audit trail with it (a refused one as a failure)."""
     try:
-        return run()
+        with trail.audited(action, trail.command_line(), **target):
+            return run()
     except AccountError as exc:
         raise click.ClickException(exc.message) from exc
 
@@ -47,7 +51,8 @@ def say_password(password: str, generated: bool) -> None:
 def create_user(name: str, role: str, password_stdin: bool):
     """Make a local account (a password is generated and shown once unless given)."""
     password, generated = read_password(password_stdin)
-    user = fail_on_account_error(lambda: accounts.create(name, role, password))
+    user = fail_on_account_error(lambda: accounts.create(name, role, password),
+                                 change="create", account=name, role=role)
     click.echo(f"Created {user.name} ({user.role}).")
     say_password(password, generated)
 
@@ -65,14 +70,16 @@ def list_users():
 @click.argument("name")
 def disable_user(name: str):
     """Stop an account at once: its sessions and tokens no longer work."""
-    user = fail_on_account_error(lambda: accounts.set_disabled(name, True))
+    user = fail_on_account_error(lambda: accounts.set_disabled(name, True),
+                                 change="disable", account=name)
     click.echo(f"Disabled {user.name}.")
 
 
 @users_cli.command("enable")
 @click.argument("name")
 def enable_user(name: str):
-    user = fail_on_account_error(lambda: accounts.set_disabled(name, False))
+    user = fail_on_account_error(lambda: accounts.set_disabled(name, False),
+                                 change="enable", account=name)
     click.echo(f"Enabled {user.name}.")
 
 
@@ -80,7 +87,8 @@ def enable_user(name: str):
 @click.argument("name")
 @click.argument("role", type=click.Choice(ROLES))
 def set_role(name: str, role: str):
-    user = fail_on_account_error(lambda: accounts.set_role(name, role))
+    user = fail_on_account_error(lambda: accounts.set_role(name, role),
+                                 change="set-role", account=name, role=role)
     click.echo(f"{user.name} is now {user.role}.")
 
 
@@ -90,7 +98,8 @@ def set_role(name: str, role: str):
 def reset_password(name: str, password_stdin: bool):
     """Set a new password (generated and shown once unless given)."""
     password, generated = read_password(password_stdin)
-    user = fail_on_account_error(lambda: accounts.reset_password(name, password))
+    user = fail_on_account_error(lambda: accounts.reset_password(name, password),
+                                 change="reset-password", account=name)
     click.echo(f"New password set for {user.name}.")
     say_password(password, generated)
 
@@ -100,7 +109,8 @@ def reset_password(name: str, password_stdin: bool):
 @click.option("--expires", "days", type=float, default=None, help="Days until it expires.")
 def create_token(name: str, days: float | None):
     """Make a token for NAME; the token alone is printed on the last line, once."""
-    token, secret = fail_on_account_error(lambda: tokens.create(name, days))
+    token, secret = fail_on_account_error(lambda: tokens.create(name, days), actions.TOKEN_CHANGED,
+                                          change="create", account=name)
     expiry = token.expires_at.isoformat(timespec="seconds") if token.expires_at else "never"
     click.echo(f"Token {token.id} for {name}, expires {expiry}. Shown once:")
     click.echo(secret)
@@ -119,5 +129,6 @@ def list_tokens():
 @tokens_cli.command("revoke")
 @click.argument("token_id", type=int)
 def revoke_token(token_id: int):
-    token = fail_on_account_error(lambda: tokens.revoke(token_id))
+    token = fail_on_account_error(lambda: tokens.revoke(token_id), actions.TOKEN_CHANGED,
+                                  change="revoke", token=token_id)
     click.echo(f"Revoked token {token.id}.")

@@ -50,6 +50,8 @@ POLICY: dict[str, str] = {
     "pacs_api.studies": READER,
     "pacs_pages.analyse": ANALYST,
     "pacs_api.analyse": ANALYST,
+    "audit_pages.audit_list": ADMIN,
+    "audit_pages.audit_csv": ADMIN,
 }
 
 RULE_TEXT = {

@@ -9,6 +9,9 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from audit.actions import APP_STARTED, APP_STOPPED
+from audit.trail import lifecycle
+
 from .worker import run_consumer
 
 
@@ -28,4 +31,8 @@ def worker_command(threads: int) -> None:
     """Run a worker until stopped (Ctrl+C or SIGTERM)."""
     queue = current_app.extensions["job_queue"]
     click.echo(f"worker: taking study jobs from {broker_name(queue.settings.broker_url)}")
-    run_consumer(queue, workers=max(1, threads))
+    lifecycle(APP_STARTED, "worker")
+    try:
+        run_consumer(queue, workers=max(1, threads))
+    finally:
+        lifecycle(APP_STOPPED, "worker")

@@ -12,8 +12,11 @@ import io
 import pydicom
 from sqlalchemy import delete, func, select, update
 
+from audit import actions, trail
+from audit.trail import Actor
 from extensions import db
 from inference.registry import modality_of_dicom
+from studies.deidentify import minimum_dicom
 from studies.errors import EmptyStudy, StudyTooLarge
 from studies.intake import Limits, StudyFile, too_many_bytes, too_many_images
 from studies.models import QUEUED, Study, StudyImage
@@ -27,11 +30,15 @@ STAGING = -1_000_000  # fetched bytes wait under index STAGING + k until ordered
 
 
 def pacs_study(study_uid: str, modality: str, model: str, explain: bool,
-               study_id: str | None = None, owner_id: int | None = None) -> Study:
-    """A new study whose images a worker will fetch from the PACS, unsaved."""
-    return Study(id=study_id or new_study_id(), status=QUEUED, modality=modality,
-                 model=model, explain=explain, total=0, done=0, warnings=[], source="pacs",
-                 pacs_study_uid=study_uid, owner_id=owner_id)
+               study_id: str | None = None, actor: Actor = trail.SYSTEM) -> Study:
+    """A new study whose images a worker will fetch from the PACS, unsaved; its audit
+    event goes with the commit that saves it."""
+    study = Study(id=study_id or new_study_id(), status=QUEUED, modality=modality,
+                  model=model, explain=explain, total=0, done=0, warnings=[], source="pacs",
+                  pacs_study_uid=study_uid, owner_id=actor.user_id)
+    trail.record(actions.ANALYSIS_STARTED, actor, study_id=study.id, source="pacs",
+                 pacs_study_uid=study_uid, modality=modality, model=model)
+    return study
 
 
 def wanted(instance: dict, modality: str, own_name: str) -> bool:
@@ -92,7 +99,7 @@ def stage_file(study_id: str, token: str, lease_s: float, k: int, data: bytes) -
     if hold(study_id, token, lease_s).rowcount != 1:
         db.session.rollback()
         return False
-    db.session.add(StoredFile(study_id=study_id, index=STAGING + k, data=data))
+    db.session.add(StoredFile(study_id=study_id, index=STAGING + k, data=minimum_dicom(data)))
     db.session.commit()
     return True
 
@@ -109,6 +116,8 @@ def attach_staged(study_id: str, token: str, lease_s: float,
     """Give staged images (fetch position k, header) their reading order, under the
     claim: the study then looks like an uploaded one."""
     study = db.session.get(Study, study_id)
+    trail.record(actions.PACS_STUDY_OPENED, trail.SYSTEM, study_id=study_id,
+                 pacs_study_uid=study.pacs_study_uid, images=len(ordered))
     if hold(study_id, token, lease_s, total=len(ordered),
             warnings=list(study.warnings or []) + warnings).rowcount != 1:
         db.session.rollback()

@@ -3,6 +3,8 @@ study where it lives (a study job whose images a worker fetches)."""
 
 from __future__ import annotations
 
+from audit import actions, trail
+from audit.trail import Actor
 from extensions import db
 from inference.registry import normalize_architecture, normalize_modality
 from studies.errors import StudyNotFound
@@ -17,17 +19,20 @@ PUBLIC_FIELDS = ("study_uid", "date", "description", "modalities", "series", "im
 
 
 def browse(client: PacsClient, modality: str | None = None, limit: int = 100,
-           with_patient: bool = False) -> list[dict]:
+           with_patient: bool = False, actor: Actor = trail.SYSTEM) -> list[dict]:
     """The PACS's studies, newest first. Patient fields only where a person picks a
-    study (the page), never in the API or anything the tool keeps."""
-    found = client.studies(modality.upper() if modality else None, limit=limit)
+    study (the page), never in the API or anything the tool keeps. The query is
+    recorded before its answer is handed out."""
+    with trail.audited(actions.PACS_QUERY, actor, modality=modality,
+                       patient_fields=with_patient):
+        found = client.studies(modality.upper() if modality else None, limit=limit)
     if with_patient:
         return found
     return [{key: study.get(key) for key in PUBLIC_FIELDS} for study in found]
 
 
 def analyse(client: PacsClient, inference, study_uid: str, modality: str | None,
-            model: str | None, explain: bool, owner_id: int | None = None) -> tuple[str, bool]:
+            model: str | None, explain: bool, actor: Actor = trail.SYSTEM) -> tuple[str, bool]:
     """Check the choices and that the PACS study has images of that modality, then
     create the study job: (its id, True) for the caller to queue. While an analysis of
     the study is still queued or running, (that one's id, False): a second report of
@@ -45,7 +50,7 @@ def analyse(client: PacsClient, inference, study_uid: str, modality: str | None,
         kinds = sorted({i.get("modality") or "?" for i in instances})
         raise StudyNotFound(f"This PACS study holds no image of the chosen modality "
                             f"(it holds {', '.join(kinds)}).")
-    study = pacs_study(study_uid, modality_key, architecture, explain, owner_id=owner_id)
+    study = pacs_study(study_uid, modality_key, architecture, explain, actor=actor)
     db.session.add(study)
     db.session.commit()
     return study.id, True

@@ -21,6 +21,7 @@ from datetime import timedelta
 from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 
+from audit import actions, trail
 from extensions import db
 from inference.conversion import file_sha256
 from inference.errors import ServiceError
@@ -96,6 +97,8 @@ def record_failure(study_id: str, message: str, config: PacsConfig) -> tuple[int
     if attempts is None:
         return 0, 0.0  # the study was deleted or purged meanwhile
     delay = doubling_delay(config.write_retry_s, attempts + 1, config.write_retry_max_s)
+    trail.record(actions.WRITE_BACK_FAILED, trail.SYSTEM, trail.FAILURE, study_id=study_id,
+                 attempt=attempts + 1)
     db.session.execute(
         update(Study).where(Study.id == study_id)
         .values(write_attempts=Study.write_attempts + 1, write_error=message[:300],
@@ -218,6 +221,8 @@ def describe(dataset) -> dict:
 
 def set_written(study_id: str, written: list[dict]) -> None:
     """Written back: no further try is wanted, and the last failure is history."""
+    trail.record(actions.WRITE_BACK_DONE, trail.SYSTEM, study_id=study_id,
+                 instances=len(written))
     db.session.execute(update(Study).where(Study.id == study_id)
                        .values(written=written, write_after=None, write_error=None))
     db.session.commit()

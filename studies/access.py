@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from audit.trail import SYSTEM as SYSTEM_ACTOR
+from audit.trail import Actor
+
 
 @dataclass(frozen=True)
 class StudyAccess:
     user_id: int | None = None  # the signed-in reader; None for an anonymous one
     sees_everything: bool = False  # admins, and the tool's own jobs and commands
     reads_pacs: bool = False  # readers and up open the analyses of PACS studies
+    actor: Actor = SYSTEM_ACTOR  # who the audit trail says did it
 
     def may_open(self, study) -> bool:
         if self.sees_everything:

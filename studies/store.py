@@ -19,6 +19,7 @@ from extensions import db
 from jobs.lease import won
 
 from .access import SYSTEM, StudyAccess
+from .deidentify import base_name, minimum_dicom
 from .errors import StudyNotFound
 from .models import (DONE, FAILED, PENDING, QUEUED, RUNNING, STUDY_TABLES, Study, StudyFile,
                      StudyHeatmap, StudyImage, utcnow_naive)
@@ -47,10 +48,11 @@ class ImageOutcome:
     heatmaps: dict[str, bytes] = field(default_factory=dict)  # architecture -> PNG
 
 
-def create_study(modality: str, model: str, explain: bool, files: list[OrderedFile],
-                 warnings: list[str], owner_id: int | None = None) -> str:
-    """Store the study, its images in reading order and their bytes; one transaction."""
-    study_id = new_study_id()
+def create_study(study_id: str, modality: str, model: str, explain: bool,
+                 files: list[OrderedFile], warnings: list[str],
+                 owner_id: int | None = None) -> str:
+    """Store the study, its images in reading order and their bytes; one transaction
+    (with its audit event, recorded before)."""
     db.session.add(Study(id=study_id, status=QUEUED, modality=modality, model=model,
                          explain=explain, total=len(files), done=0, warnings=warnings,
                          owner_id=owner_id))
@@ -62,10 +64,12 @@ def create_study(modality: str, model: str, explain: bool, files: list[OrderedFi
 
 def _add_images(study_id: str, files: list[OrderedFile]) -> None:
     for index, item in enumerate(files):
-        db.session.add(StudyImage(study_id=study_id, index=index, name=item.file.name[:255],
+        db.session.add(StudyImage(study_id=study_id, index=index,
+                                  name=base_name(item.file.name),
                                   series_uid=item.series_uid,
                                   instance_number=item.instance_number))
-        db.session.add(StudyFile(study_id=study_id, index=index, data=item.file.data))
+        db.session.add(StudyFile(study_id=study_id, index=index,
+                                 data=minimum_dicom(item.file.data, item.file.name)))
 
 
 def claim(study_id: str, lease_s: float) -> str | None:

@@ -60,7 +60,8 @@ def door(request, app_factory, tiny_model_dir):
               for who in IDENTITIES if who != "anonymous"}
     with app.app_context():
         owner = accounts.get("reader")
-        study_id = store.create_study("ct", "vgg16", False, [], [], owner_id=owner.id)
+        study_id = store.create_study(store.new_study_id(), "ct", "vgg16", False, [], [],
+                                      owner_id=owner.id)
     return app, tokens, study_id, request.param
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .server import ROOT
 
-PACKAGES = ("auth", "contact", "inference", "jobs", "pacs", "studies", "training", "web")
+PACKAGES = ("audit", "auth", "contact", "inference", "jobs", "pacs", "studies", "training",
+            "web")
 TOP_LEVEL = ("app", "config", "extensions", "settings")
 MAX_MODULE_LINES = 300
 MAX_FUNCTION_LINES = 50

@@ -35,7 +35,7 @@ def db_app(tmp_path, tiny_model_dir, instance_path):
 def new_study(count: int = 3) -> str:
     files = [StudyFile(f"{i}.png", scan_like_png(size=(32, 32), seed=i)) for i in range(count)]
     ordered, warnings = order_files(files)
-    return store.create_study("ct", "vgg16", False, ordered, warnings)
+    return store.create_study(store.new_study_id(), "ct", "vgg16", False, ordered, warnings)
 
 
 def expire_lease(study_id: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from flask import Flask, g, request
 
+from audit.trail import Actor
 from auth.caller import caller
 from auth.errors import AuthNotConfigured, NotSignedIn
 from auth.identity import ANONYMOUS, Identity
@@ -39,15 +40,18 @@ def current_identity() -> Identity:
     return g.get("identity", ANONYMOUS)
 
 
+def actor() -> Actor:
+    """The caller as the audit trail records them: account, role, how they proved it,
+    and the address they came from."""
+    who = current_identity()
+    return Actor(who.user_id, who.name or "anonymous", who.role, who.method,
+                 request.remote_addr)
+
+
 def study_access() -> StudyAccess:
     who = current_identity()
     return StudyAccess(user_id=who.user_id, sees_everything=who.is_admin,
-                       reads_pacs=who.reads_pacs)
-
-
-def owner_id() -> int | None:
-    """The account a new study belongs to (None: anonymous, open to its id's holder)."""
-    return current_identity().user_id
+                       reads_pacs=who.reads_pacs, actor=actor())
 
 
 def identity_headers(response):

@@ -3,6 +3,7 @@ sign-in (OpenID Connect), and sign-out."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from urllib.parse import urlsplit
 
 from flask import Blueprint, redirect, render_template, request, session, url_for
@@ -10,11 +11,14 @@ from flask_wtf import FlaskForm
 from wtforms import HiddenField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
+from audit import actions, trail
+from audit.trail import Actor
 from auth import local, oidc, sessions
 from auth.errors import SignInFailed
 from auth.models import LOCAL, OIDC
 from extensions import limiter
 
+from .access import actor, current_identity
 from .services import settings
 
 bp = Blueprint("auth", __name__)
@@ -40,6 +44,20 @@ def safe_next(target: str | None) -> str:
             or "\\" in target:
         return url_for("pages.index")
     return target
+
+
+def signed_in(user, via: str):
+    """Start the session once its sign-in is recorded."""
+    trail.record_now(actions.LOGIN, Actor(user.id, user.name, user.role, via,
+                                          request.remote_addr))
+    sessions.start(user, via)
+
+
+def sign_in_failed(form: LoginForm, via: str, error: SignInFailed):
+    name = (form.username.data or "-") if via == LOCAL else "-"
+    trail.record_now(actions.LOGIN_FAILED, Actor(None, name[:64], None, via,
+                                                 request.remote_addr), trail.FAILURE)
+    return render_login(form, error.message, 401)
 
 
 def login_rate_limit() -> str:
@@ -72,8 +90,8 @@ def login_submit():
     try:
         user = local.authenticate(form.username.data, form.password.data, auth)
     except SignInFailed as exc:
-        return render_login(form, exc.message, 401)
-    sessions.start(user, LOCAL)
+        return sign_in_failed(form, LOCAL, exc)
+    signed_in(user, LOCAL)
     return redirect(safe_next(form.next.data), 303)
 
 
@@ -93,8 +111,8 @@ def oidc_callback():
     try:
         user = oidc.finish_sign_in(settings().auth.oidc)
     except SignInFailed as exc:
-        return render_login(LoginForm(), exc.message, 401)
-    sessions.start(user, OIDC)
+        return sign_in_failed(LoginForm(), OIDC, exc)
+    signed_in(user, OIDC)
     return redirect(target, 303)
 
 
@@ -102,6 +120,8 @@ def oidc_callback():
 def logout():
     form = LogoutForm()
     if form.validate_on_submit():
-        sessions.end()
+        signed_in_now = current_identity().signed_in
+        with trail.audited(actions.LOGOUT, actor()) if signed_in_now else nullcontext():
+            sessions.end()
     return redirect(url_for("auth.login") if settings().auth.methods
                     else url_for("pages.index"), 303)

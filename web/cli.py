@@ -10,6 +10,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from audit import actions, trail
 from inference.conversion import ConversionRefused
 from inference.errors import InvalidRequest, ModelUnavailable
 from inference.install import install_models, remove_model
@@ -132,10 +133,13 @@ def install(source, modality, arch, sha256):
     """
 
     try:
-        install_models(current_app.extensions["inference"], source,
-                       Path(current_app.instance_path) / "downloads",
-                       modality=normalize_modality(modality) if modality else None,
-                       arch=arch.lower() if arch else None, sha256=sha256, echo=click.echo)
+        with trail.audited(actions.MODEL_INSTALLED, trail.command_line(),
+                           modality=modality, model=arch):
+            install_models(current_app.extensions["inference"], source,
+                           Path(current_app.instance_path) / "downloads",
+                           modality=normalize_modality(modality) if modality else None,
+                           arch=arch.lower() if arch else None, sha256=sha256,
+                           echo=click.echo)
     except InstallError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -147,7 +151,9 @@ def remove(modality, arch):
     """Delete one model: its .h5, its card and its ONNX conversions."""
 
     try:
-        remove_model(current_app.extensions["inference"], normalize_modality(modality),
-                     normalize_architecture(arch, allow_all=False), echo=click.echo)
+        with trail.audited(actions.MODEL_REMOVED, trail.command_line(), modality=modality,
+                           model=arch):
+            remove_model(current_app.extensions["inference"], normalize_modality(modality),
+                         normalize_architecture(arch, allow_all=False), echo=click.echo)
     except (InstallError, InvalidRequest) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify, request, url_for
 from extensions import limiter
 from pacs import service as pacs
 
-from .access import owner_id
+from .access import actor
 from .api import flag
 from .services import inference_service, settings, tasks
 from .studies_api import study_rate_limit
@@ -25,7 +25,7 @@ def start_analysis(study_uid: str) -> str:
     analysis of this study that is still running)."""
     study_id, new = pacs.analyse(pacs_client(), inference_service(), study_uid,
                                  request.form.get("modality"), request.form.get("model"),
-                                 flag("explain"), owner_id=owner_id())
+                                 flag("explain"), actor=actor())
     if new:
         tasks().queue_study(study_id)
     return study_id
@@ -34,7 +34,7 @@ def start_analysis(study_uid: str) -> str:
 @bp.get("/studies")
 def studies():
     modality = (request.args.get("modality") or "").strip() or None
-    return jsonify({"studies": pacs.browse(pacs_client(), modality)})
+    return jsonify({"studies": pacs.browse(pacs_client(), modality, actor=actor())})
 
 
 @bp.post("/studies/<study_uid>/analyses")

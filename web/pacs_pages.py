@@ -13,6 +13,7 @@ from inference.registry import MODALITIES
 from pacs import service as pacs
 from studies.models import Study
 
+from .access import actor
 from .errors import status_and_code
 from .forms import MODEL_CHOICES
 from .pacs_api import pacs_client, start_analysis
@@ -44,7 +45,8 @@ def render_list(error: str | None = None, status: int = 200):
     modality = (request.values.get("filter") or "").strip().upper()
     studies, problem = [], error
     try:
-        studies = pacs.browse(pacs_client(), modality or None, with_patient=True)
+        studies = pacs.browse(pacs_client(), modality or None, with_patient=True,
+                              actor=actor())
     except ServiceError as exc:
         problem, status = exc.message, status_and_code(exc)[0]
     return render_template(

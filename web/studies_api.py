@@ -9,7 +9,7 @@ from inference.errors import InvalidRequest
 from settings import StudySettings
 from studies import service as studies
 
-from .access import owner_id, study_access
+from .access import actor, study_access
 from .api import flag
 from .services import inference_service, settings, tasks
 
@@ -44,7 +44,7 @@ def submit_from_request() -> str:
     study_id = studies.submit(inference_service(), study_config(),
                               request.form.get("modality"), request.form.get("model"),
                               flag("explain"), uploads=images, archive=archive,
-                              owner_id=owner_id())
+                              actor=actor())
     tasks().queue_study(study_id)
     return study_id
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import base64
 
-from flask import (Blueprint, Response, flash, redirect, render_template,
-                   url_for)
+from flask import Blueprint, Response, flash, redirect, render_template, url_for
 
 from extensions import limiter
 from inference.errors import ServiceError
@@ -135,7 +134,7 @@ def heatmap(study_id: str, index: int, architecture: str):
 
 @bp.get("/<study_id>/report")
 def report(study_id: str):
-    view = studies.view(study_config(), study_id, study_access())
+    view = studies.view(study_config(), study_id, study_access(), export="report")
     if view["status"] != "done":
         raise StudyNotFound("This study has no report yet: it has not finished.")
     plot_uri = "data:image/png;base64," + \
