@@ -49,6 +49,7 @@ from web.migrate import init_schema
 from web.pacs_api import bp as pacs_api_bp
 from web.pacs_pages import bp as pacs_pages_bp
 from web.pages import bp as pages_bp
+from web.redaction import install as install_log_redaction
 from web.secret_key import ensure_secret_key
 from web.security import add_security_headers
 from web.studies_api import bp as studies_api_bp
@@ -71,6 +72,8 @@ class Tasks:
 
 
 def create_app(test_config: dict | None = None) -> Flask:
+    install_log_redaction()  # every log line of this process, from here on
+    restrict_new_files()
     # FLASK_INSTANCE_PATH moves the instance folder (secret key, SQLite) out of a
     # read-only code tree, e.g. onto a container volume.
     app = Flask(__name__, instance_relative_config=True,
@@ -101,6 +104,12 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.after_request(add_security_headers)
     logging.basicConfig(level=settings.log_level)
     return app
+
+
+def restrict_new_files() -> None:
+    """Files this process creates (SQLite database and its WAL, queue file, secret key,
+    instance folder) are its own user's alone: the umask drops group and other bits."""
+    os.umask(os.umask(0o077) | 0o077)
 
 
 def default_database(app: Flask) -> str:

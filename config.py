@@ -94,6 +94,8 @@ class Config:
     # DICOMWEB_TOKEN).
     DICOMWEB_URL = None  # e.g. http://127.0.0.1:8042/dicom-web
     DICOMWEB_TIMEOUT_S = 30
+    # Credentials over plain http:// to another machine are refused unless this is true.
+    DICOMWEB_ALLOW_HTTP_CREDENTIALS = False
     PACS_AUTO_ANALYSE = ""  # e.g. "ct:all,xray:resnet50": analyse new studies on arrival
     PACS_EXPLAIN = False  # auto-analysis with heatmaps (written back as captures)
     PACS_WRITE_BACK = True  # store the report (and captures) in the PACS study

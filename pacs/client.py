@@ -8,6 +8,7 @@ quoted because they can hold patient data.
 from __future__ import annotations
 
 import io
+import ipaddress
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 from requests.auth import HTTPBasicAuth
 from urllib3.exceptions import ReadTimeoutError
 
+from config import is_true
 from inference.errors import InvalidRequest, ServiceError
 
 from . import dicom_json
@@ -75,9 +77,15 @@ class PacsSettings:
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
     timeout_s: float = 30.0
+    allow_http_credentials: bool = False  # DICOMWEB_ALLOW_HTTP_CREDENTIALS
 
     def __post_init__(self):
         _origin(self.url)
+        if self.sends_secrets_in_clear() and not self.allow_http_credentials:
+            raise PacsNotConfigured(
+                "DICOMWEB_URL is plain http:// to another machine, so the PACS password or "
+                "token would cross the network readable: use https://, or set "
+                "DICOMWEB_ALLOW_HTTP_CREDENTIALS=true if this network is trusted.")
         if "@" in urlsplit(self.url).netloc:
             raise PacsNotConfigured("DICOMWEB_URL must not hold credentials: set "
                                     "DICOMWEB_USERNAME and DICOMWEB_PASSWORD instead.")
@@ -104,7 +112,18 @@ class PacsSettings:
             raise PacsNotConfigured("DICOMWEB_TIMEOUT_S must be a number of seconds.") from None
         return cls(url=url, username=environ.get("DICOMWEB_USERNAME") or None,
                    password=environ.get("DICOMWEB_PASSWORD") or None,
-                   token=environ.get("DICOMWEB_TOKEN") or None, timeout_s=timeout_s)
+                   token=environ.get("DICOMWEB_TOKEN") or None, timeout_s=timeout_s,
+                   allow_http_credentials=is_true(config.get("DICOMWEB_ALLOW_HTTP_CREDENTIALS")))
+
+    def sends_secrets_in_clear(self) -> bool:
+        """Credentials over http:// to a host other than this machine's loopback."""
+        parts = urlsplit(self.url)
+        if parts.scheme != "http" or not (self.username or self.token):
+            return False
+        try:
+            return not ipaddress.ip_address(parts.hostname).is_loopback
+        except ValueError:
+            return parts.hostname != "localhost"
 
     @property
     def origin(self) -> str:

@@ -203,6 +203,14 @@ class Cluster:
         return (self.root / "haproxy.log").read_text(errors="replace")
 
 
+def deploy_logging() -> str:
+    """deploy/haproxy/haproxy.cfg's redacted log lines, so the tests run the shipped rule."""
+    text = (ROOT / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    return "\n".join(line for line in text.splitlines()
+                     if line.strip().startswith(("http-request set-var(txn.logged_path)",
+                                                 "log-format ")))
+
+
 def haproxy_config(port: int, backends: list[str]) -> str:
     """Round robin over the replicas passing ``/readyz``; retries go to another one."""
     servers = "\n".join(f"    server web{i} {address} check"
@@ -228,6 +236,7 @@ defaults
 
 frontend public
     bind 127.0.0.1:{port}
+{deploy_logging()}
     default_backend web
 
 backend web

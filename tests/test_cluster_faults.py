@@ -432,6 +432,8 @@ def test_a_worker_killed_mid_study_is_replaced_by_the_other(deployment):
                if i["index"] in answered)
     assert attempts == 2
     assert any("queued again" in log.read_text() for log in survivor)
+    assert study_id not in deployment.haproxy_log()  # polled through it, never logged
+    assert f'"GET /api/v1/studies/<study>' in deployment.haproxy_log()
     deployment.start_worker()  # two workers again for the tests that follow
 
 

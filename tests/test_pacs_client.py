@@ -205,7 +205,7 @@ def test_wrong_or_missing_credentials_are_refused_without_saying_them(orthanc, u
 def test_settings_take_credentials_only_from_the_environment():
     config = {"DICOMWEB_URL": " http://pacs.example:8042/dicom-web ", "DICOMWEB_TIMEOUT_S": "5",
               "DICOMWEB_USERNAME": "config-user", "DICOMWEB_PASSWORD": "config-pw",
-              "DICOMWEB_TOKEN": "config-token"}
+              "DICOMWEB_TOKEN": "config-token", "DICOMWEB_ALLOW_HTTP_CREDENTIALS": True}
     bare = PacsSettings.from_config(config, environ={})
     assert (bare.url, bare.timeout_s) == ("http://pacs.example:8042/dicom-web", 5.0)
     assert (bare.username, bare.password, bare.token) == (None, None, None)
@@ -235,9 +235,27 @@ def test_unusable_settings_say_so_without_echoing_them(url, environ):
     assert "pw@" not in caught.value.message and PASSWORD not in caught.value.message
 
 
+@pytest.mark.parametrize("url, allowed", [
+    ("http://pacs.example/dicom-web", False), ("http://10.1.2.3:8042/dicom-web", False),
+    ("https://pacs.example/dicom-web", True), ("http://127.0.0.1:8042/dicom-web", True),
+    ("http://localhost:8042/dicom-web", True), ("http://[::1]:8042/dicom-web", True)])
+def test_credentials_over_plain_http_to_another_machine_are_refused(url, allowed):
+    environ = {"DICOMWEB_USERNAME": USER, "DICOMWEB_PASSWORD": PASSWORD}
+    config = {**vars(Config), "DICOMWEB_URL": url}
+    if allowed:
+        assert PacsSettings.from_config(config, environ).username == USER
+    else:
+        with pytest.raises(PacsNotConfigured, match="use https://"):
+            PacsSettings.from_config(config, environ)
+        opted_in = PacsSettings.from_config({**config, "DICOMWEB_ALLOW_HTTP_CREDENTIALS": "1"},
+                                            environ)
+        assert opted_in.allow_http_credentials
+    assert PacsSettings.from_config(config, {}).username is None  # no secret: nothing to hide
+
+
 def test_repr_hides_the_password_and_the_token():
-    basic = PacsSettings("http://pacs.example/dicom-web", USER, PASSWORD)
-    bearer = PacsSettings("http://pacs.example/dicom-web", token=TOKEN)
+    basic = PacsSettings("https://pacs.example/dicom-web", USER, PASSWORD)
+    bearer = PacsSettings("https://pacs.example/dicom-web", token=TOKEN)
     for text in (repr(basic), str(basic), repr(bearer), repr(PacsClient(basic)),
                  repr(PacsClient(bearer))):
         assert PASSWORD not in text and TOKEN not in text

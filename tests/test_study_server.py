@@ -64,7 +64,7 @@ def test_a_300_slice_series_through_curl(server, tmp_path):
     assert "Traceback" not in server.log_text()
 
 
-def test_the_access_log_never_holds_a_study_id(server, tmp_path):
+def test_the_access_log_never_holds_a_study_id_a_uid_or_a_file_name(server, tmp_path):
     archive = tmp_path / "one.zip"
     archive.write_bytes(zip_of(ct_series(2)))
     body = curl("-F", f"archive=@{archive}", "-F", "modality=ct", "-F", "model=vgg16",
@@ -72,6 +72,10 @@ def test_the_access_log_never_holds_a_study_id(server, tmp_path):
     study_id = json.loads(body)["id"]
     curl(f"{server.url}/api/v1/studies/{study_id}")
     curl("-o", "/dev/null", f"{server.url}/studies/{study_id}")
+    uid = "1.2.840.113619.2.55.3.604688119"
+    curl("-X", "POST", "-o", "/dev/null", f"{server.url}/api/v1/pacs/studies/{uid}/analyses")
+    curl("-o", "/dev/null", f"{server.url}/studies/{study_id}/images/0/heatmap/DOE_JANE.png")
     log = server.log_text()
-    assert "/api/v1/studies/<id>" in log and "/studies/<id>" in log
-    assert study_id not in log
+    assert "/api/v1/studies/<study>" in log and "/studies/<study>" in log
+    assert "/api/v1/pacs/studies/<uid>/analyses" in log and "heatmap/<file>" in log
+    assert study_id not in log and uid not in log and "DOE_JANE" not in log

@@ -1,24 +1,22 @@
-"""Gunicorn's access log without study ids: the id is the only key to a study's
-results, so a log line must not hand it to whoever reads the logs."""
+"""Gunicorn's access log, redacted: the request line loses study ids, DICOM UIDs and
+file names (the record factory of ``web.redaction`` redacts the rest of every log)."""
 
 from __future__ import annotations
 
-import re
-
 from gunicorn.glogging import Logger
 
-STUDY_ID_IN_PATH = re.compile(r"(/studies/)[A-Za-z0-9_-]{16,}")
-
-
-def redact(path: str | None) -> str | None:
-    return STUDY_ID_IN_PATH.sub(r"\1<id>", path) if path else path
+from .redaction import install, redact
 
 
 class RedactingLogger(Logger):
-    """The standard access log, with study ids in the request line replaced."""
+    """The standard access log, with identifiers in the request line replaced."""
+
+    def setup(self, cfg):
+        install()  # the master's own lines too, before any app is made
+        super().setup(cfg)
 
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)
-        for key in ("r", "U", "f"):
+        for key in ("r", "U", "q", "f"):
             atoms[key] = redact(atoms.get(key))
         return atoms

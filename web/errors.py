@@ -116,6 +116,11 @@ def not_signed_in(exc: NotSignedIn):
     return response
 
 
+def route() -> str:
+    """The route's rule (``/studies/<study_id>``), never the path that filled it in."""
+    return request.url_rule.rule if request.url_rule is not None else "(no route)"
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
@@ -140,7 +145,7 @@ def register(app: Flask) -> None:
             db.session.rollback()
         except Exception as again:  # noqa: BLE001 - the answer must not become a bare 500
             log.warning("rollback after a database error failed: %s", type(again).__name__)
-        log.warning("database unavailable on %s %s: %s", request.method, request.path,
+        log.warning("database unavailable on %s %s: %s", request.method, route(),
                     type(exc.orig).__name__)
         return error_response(503, "database_unavailable",
                               "The database is not answering just now: nothing was saved. "
@@ -148,7 +153,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(RedisError)
     def broker_unavailable(exc: RedisError):
-        log.warning("Redis unavailable on %s %s: %s", request.method, request.path,
+        log.warning("Redis unavailable on %s %s: %s", request.method, route(),
                     type(exc).__name__)
         return error_response(503, "service_unavailable",
                               "A service this site needs is not answering just now. Try "
@@ -156,7 +161,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):
-        log.error("unhandled error on %s %s\n%s", request.method, request.path,
+        log.error("unhandled error on %s %s\n%s", request.method, route(),
                   stack_without_messages(exc))
         return error_response(500, "internal_error",
                               "Something went wrong on our side. The error was logged.")
