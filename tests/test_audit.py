@@ -18,6 +18,7 @@ from audit.query import check_trail
 from extensions import db
 
 from .conftest import TEST_PASSWORD, run_queued_jobs, signed_in
+from .postgres_server import POSTGRES_BIN, postgres_server
 from .study_helpers import ct_series, image_fields, submit
 
 
@@ -257,3 +258,44 @@ def test_a_recorded_name_cannot_become_a_spreadsheet_formula(audited_app):
         as_text=True))))
     assert [row["actor_name"] for row in rows if row["action"] == actions.LOGIN_FAILED] == [
         "'=HYPERLINK(1)"]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    with postgres_server() as make_database:
+        yield make_database
+
+
+@pytest.mark.services
+@pytest.mark.skipif(POSTGRES_BIN is None, reason="postgresql is missing (.ci/run installs it)")
+def test_on_postgresql_the_apps_role_cannot_change_the_trail(postgres, app_factory,
+                                                             tiny_model_dir):
+    """The migration, run as the application's own (non-superuser) role, takes away its
+    UPDATE, DELETE and TRUNCATE rights; a superuser still meets the trigger."""
+    import psycopg
+    from sqlalchemy import create_engine
+
+    admin_url = postgres()
+    database = admin_url.rsplit("/", 1)[1]
+    plain = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    role = f"app_{database}"
+    with psycopg.connect(plain, autocommit=True) as connection:
+        connection.execute(f"CREATE ROLE {role} LOGIN")
+        connection.execute(f"ALTER DATABASE {database} OWNER TO {role}")
+        connection.execute(f"GRANT ALL ON SCHEMA public TO {role}")
+    app_url = admin_url.replace("postgres@", f"{role}@")
+    app = app_factory(MODEL_DIR=str(tiny_model_dir), SQLALCHEMY_DATABASE_URI=app_url)
+    three_events(app)
+    with app.app_context():
+        for statement in ("UPDATE audit_events SET actor_name = 'x'",
+                          "DELETE FROM audit_events", "TRUNCATE audit_events"):
+            with pytest.raises(DatabaseError, match="permission denied"):
+                db.session.execute(text(statement))
+            db.session.rollback()
+        assert check_trail().intact
+    superuser = create_engine(admin_url)
+    with superuser.connect() as connection:
+        with pytest.raises(DatabaseError, match="append-only"):
+            connection.execute(text("DELETE FROM audit_events WHERE seq = 1"))
+    superuser.dispose()
+    assert [e.actor_name for e in all_events(app)] == ["first", "second", "third"]
