@@ -90,8 +90,11 @@ def image_title(position: int, image: ImageResult) -> str:
 def structured_report(result: StudyResult, evidence: list[pydicom.Dataset | None],
                       model_versions: dict[str, str], software_version: str,
                       series_uid: str, instance_uid: str,
-                      series_number: int = REPORT_SERIES_NUMBER) -> pydicom.Dataset:
-    """A Comprehensive SR holding a TID 1500 Measurement Report of the study's answer."""
+                      series_number: int = REPORT_SERIES_NUMBER,
+                      requested_by: str | None = None) -> pydicom.Dataset:
+    """A Comprehensive SR holding a TID 1500 Measurement Report of the study's answer;
+    ``requested_by`` (an account name) is recorded as a person observer beside the
+    device: who asked for the analysis, not a person who checked the answer."""
     if not result.verdict:
         raise ValueError("the study has no verdict yet: only a finished study is reported")
     headers = [source_header(ds) for ds in evidence]
@@ -101,7 +104,7 @@ def structured_report(result: StudyResult, evidence: list[pydicom.Dataset | None
     groups = _image_groups(result, headers, model_versions, software_version, instance_uid)
     groups.append(_study_group(result, software_version, instance_uid))
     report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(),
+        observation_context=_observation_context(requested_by),
         procedure_reported=(codes.cid100.CTUnspecifiedBodyRegion if result.modality == "ct"
                             else codes.cid100.XRUnspecifiedBodyRegion),
         imaging_measurements=groups,
@@ -120,13 +123,20 @@ def structured_report(result: StudyResult, evidence: list[pydicom.Dataset | None
     return sr
 
 
-def _observation_context() -> hd.sr.ObservationContext:
-    """The observer is this software (a device), not a person who checked the answer."""
+def _observation_context(requested_by: str | None) -> hd.sr.ObservationContext:
+    """The observer is this software (a device), beside the person who started the
+    analysis (none for an auto-analysis)."""
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=generate_uid(entropy_srcs=[SOFTWARE_NAME]), name=SOFTWARE_NAME,
         manufacturer_name=SOFTWARE_NAME, model_name=SOFTWARE_NAME)
-    return hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+    person = None if not requested_by else hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+            name=requested_by[:64]))
+    return hd.sr.ObservationContext(
+        observer_person_context=person,
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device))
 
 
 def _describable(header: pydicom.Dataset) -> bool:

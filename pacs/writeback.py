@@ -22,6 +22,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 
 from audit import actions, trail
+from auth.models import User
 from extensions import db
 from inference.conversion import file_sha256
 from inference.errors import ServiceError
@@ -140,6 +141,12 @@ def deliver(client: PacsClient, inference, study_config: StudySettings, study_id
     return f"wrote {len(written)} instances"
 
 
+def requester(owner_id: int | None) -> str | None:
+    """The account name of whoever started the analysis (None: auto-analysis)."""
+    user = db.session.get(User, owner_id) if owner_id is not None else None
+    return user.name if user is not None else None
+
+
 def write_back(client: PacsClient, inference, result: StudyResult) -> list[dict]:
     """Store the report (and heatmap captures) in the PACS study; what was written."""
     study_id, study_uid = result.id, result.study_uid
@@ -147,7 +154,8 @@ def write_back(client: PacsClient, inference, result: StudyResult) -> list[dict]
     report = structured_report(
         result, evidence, model_versions(inference, result), SOFTWARE_VERSION,
         series_uid=generate_uid(entropy_srcs=[study_id, "report-series"]),
-        instance_uid=generate_uid(entropy_srcs=[study_id, "report"]))
+        instance_uid=generate_uid(entropy_srcs=[study_id, "report"]),
+        requested_by=requester(result.owner_id))
     client.store([report])
     written = [describe(report)]
     if result.explain:

@@ -35,6 +35,7 @@ class StudyResult:
     verdict: dict | None  # studies.verdict.study_verdict's, once done
     warnings: tuple[str, ...]
     written: tuple[dict, ...] | None  # what was written back into the PACS
+    owner_id: int | None = None  # the account that started it; None: auto-analysis
     disclaimer: str = DISCLAIMER
 
 
@@ -52,4 +53,5 @@ def study_result(study: Study, images: list[StudyImage]) -> StudyResult:
                        models=tuple(study.models or ()),
                        images=tuple(image_result(image) for image in images),
                        verdict=study.verdict, warnings=tuple(study.warnings or ()),
-                       written=tuple(study.written) if study.written is not None else None)
+                       written=tuple(study.written) if study.written is not None else None,
+                       owner_id=study.owner_id)

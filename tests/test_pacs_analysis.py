@@ -76,7 +76,7 @@ def test_one_click_analysis_writes_a_report_and_heatmaps_back(pacs_app, orthanc)
     series = ct_series(6, prefix="A")
     study_uid = upload_study(orthanc, series, "Chest CT to analyse")
     client = pacs_app.test_client()
-    signed_in(pacs_app, client)  # the PACS routes need a signed-in analyst
+    signed_in(pacs_app, client, name="dr-ana")  # the PACS routes need a signed-in analyst
     answer = client.post(f"/api/v1/pacs/studies/{study_uid}/analyses",
                          data={"modality": "ct", "model": "all", "explain": "1"})
     assert answer.status_code == 202, answer.get_json()
@@ -104,6 +104,8 @@ def test_one_click_analysis_writes_a_report_and_heatmaps_back(pacs_app, orthanc)
                          "probability"))
     for value in probabilities:
         assert value in numbers
+    assert observers(report) == {"Person Observer Name": "dr-ana",
+                                 "Device Observer Name": "LungScan AI"}
     captures = [w for w in view["written"] if w["sop_class_uid"] != report.SOPClassUID]
     assert len(captures) == 6 * 3  # one per image and model
     instances = pacs.instances(study_uid)
@@ -114,6 +116,16 @@ def test_one_click_analysis_writes_a_report_and_heatmaps_back(pacs_app, orthanc)
         result = studies.result(settings_of(pacs_app).studies, view["id"])
         write_back(pacs, pacs_app.extensions["inference"], result)
     assert len(pacs.instances(study_uid)) == 6 + 1 + 18
+
+
+def observers(report) -> dict[str, str]:
+    """The report's observer names (TID 1002 person, TID 1004 device)."""
+    named = {}
+    for item in report.ContentSequence:
+        meaning = item.ConceptNameCodeSequence[0].CodeMeaning
+        if meaning in ("Person Observer Name", "Device Observer Name"):
+            named[meaning] = str(item.get("PersonName") or item.get("TextValue"))
+    return named
 
 
 def walk(dataset):

@@ -3,9 +3,11 @@ restart), never the tool's own output, and a stopped PACS said plainly."""
 
 from __future__ import annotations
 
+import io
 import threading
 from dataclasses import replace
 
+import pydicom
 import pytest
 
 from extensions import db
@@ -19,7 +21,7 @@ from .conftest import signed_in, testing_config
 from .dicom_factory import PATIENT_ID, PATIENT_NAME
 from .orthanc_server import needs_orthanc
 from .study_helpers import ct_series, wait_for_study
-from .test_pacs_analysis import upload_study, wait_written
+from .test_pacs_analysis import observers, upload_study, wait_written
 
 pytestmark = needs_orthanc
 
@@ -58,6 +60,10 @@ def test_a_new_study_is_analysed_once_and_written_back(tmp_path, tiny_model_dir,
         assert deadline_view["status"] == "done"
         written = wait_written(client, f"/api/v1/studies/{rows[0].id}")["written"]
         assert len(written) == 1  # the report (no heatmaps asked for)
+        pacs = settings_of(app).pacs.client()
+        report = pydicom.dcmread(io.BytesIO(pacs.retrieve(
+            study_uid, written[0]["series_uid"], written[0]["sop_instance_uid"])))
+        assert observers(report) == {"Device Observer Name": "LungScan AI"}  # no person
         # The report now sits in the study (its count changed): nothing starts again.
         for _ in range(3):
             with app.app_context():
