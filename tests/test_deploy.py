@@ -279,8 +279,13 @@ def test_web_worker_and_migrate_share_database_broker_and_key():
     web = envs["web"]
     assert web["FLASK_SQLALCHEMY_DATABASE_URI"].startswith("postgresql+psycopg://")
     assert "@postgres:5432/" in web["FLASK_SQLALCHEMY_DATABASE_URI"]
-    assert web["FLASK_BROKER_URL"] == "redis://redis:6379/0"
-    assert web["FLASK_RATELIMIT_STORAGE_URI"] == "redis://redis:6379/1"
+    password = "${LUNGSCAN_REDIS_PASSWORD:?"
+    assert web["FLASK_BROKER_URL"].startswith(f"redis://:{password}")
+    assert web["FLASK_BROKER_URL"].endswith("@redis:6379/0")
+    assert web["FLASK_RATELIMIT_STORAGE_URI"].startswith(f"redis://:{password}")
+    assert web["FLASK_RATELIMIT_STORAGE_URI"].endswith("@redis:6379/1")
+    redis = services["redis"]
+    assert "--requirepass" in redis["command"] and password in " ".join(redis["command"])
     assert web["FLASK_AUTO_MIGRATE"] == "false"
     assert re.fullmatch(r"\$\{LUNGSCAN_SECRET_KEY:\?[^}]+\}", web["FLASK_SECRET_KEY"])
 
@@ -575,7 +580,8 @@ def test_docker_compose_accepts_the_file_and_demands_the_secrets(tmp_path):
     assert missing.returncode != 0 and "LUNGSCAN_" in missing.stderr
     ok = subprocess.run(command, capture_output=True, text=True, timeout=60,
                         env={**base, "LUNGSCAN_SECRET_KEY": "x" * 48,
-                             "LUNGSCAN_DB_PASSWORD": "y" * 24})
+                             "LUNGSCAN_DB_PASSWORD": "y" * 24,
+                             "LUNGSCAN_REDIS_PASSWORD": "z" * 24})
     assert ok.returncode == 0, ok.stderr
 
 
