@@ -16,12 +16,16 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 import config
+
+from .redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -374,19 +378,81 @@ def test_haproxy_balances_web_replicas_on_readyz():
     assert words[words.index("init-addr") + 1] == "none"
     assert "nameserver dns 127.0.0.11:53" in sections["resolvers docker"]
     assert "bind :8080" in sections["frontend public"]
+    assert any(line.startswith("bind :8443 ssl crt ") for line in sections["frontend public"])
     (stats_bind,) = [line for line in sections["frontend stats"] if line.startswith("bind")]
     assert stats_bind.split()[1].startswith("127.0.0.1:")
     assert "stats enable" in sections["frontend stats"]
 
 
-@pytest.mark.services
-@pytest.mark.skipif(shutil.which("haproxy") is None,
-                    reason="haproxy is not installed (apt-get install haproxy)")
-def test_haproxy_accepts_the_configuration():
-    result = subprocess.run(["haproxy", "-c", "-f", str(HAPROXY_CFG)], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "[WARNING]" not in result.stdout + result.stderr
+needs_haproxy = [pytest.mark.services,
+                 pytest.mark.skipif(shutil.which("haproxy") is None or shutil.which("openssl")
+                                    is None, reason="haproxy or openssl is not installed")]
+
+
+def local_haproxy_config(folder: Path) -> tuple[Path, Path, int, int]:
+    """deploy/haproxy/haproxy.cfg as it is, but with a certificate made by the command it
+    documents and loopback ports: (config, certificate, https port, http port)."""
+    key, cert, site = folder / "key.pem", folder / "cert.pem", folder / "site.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    site.write_bytes(cert.read_bytes() + key.read_bytes())
+    tls_port, http_port, stats_port = free_port(), free_port(), free_port()
+    text = HAPROXY_CFG.read_text()
+    for old, new in (("/usr/local/etc/haproxy/certs/site.pem", str(site)),
+                     ("bind :8443", f"bind 127.0.0.1:{tls_port}"),
+                     ("bind :8080", f"bind 127.0.0.1:{http_port}"),
+                     ("]:8443%", f"]:{tls_port}%"),
+                     ("bind 127.0.0.1:8404", f"bind 127.0.0.1:{stats_port}")):
+        assert old in text, old
+        text = text.replace(old, new)
+    path = folder / "haproxy.cfg"
+    path.write_text(text)
+    return path, cert, tls_port, http_port
+
+
+class TestHaproxyRuns:
+    pytestmark = needs_haproxy
+
+    def test_it_accepts_the_configuration(self, tmp_path):
+        path, *_ports = local_haproxy_config(tmp_path)
+        result = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "[WARNING]" not in result.stdout + result.stderr
+
+    def test_it_ends_tls_sends_plain_http_there_and_says_hsts(self, tmp_path):
+        path, cert, tls_port, http_port = local_haproxy_config(tmp_path)
+        process = subprocess.Popen(["haproxy", "-f", str(path), "-db"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            check_tls_front(process, cert, tls_port, http_port)
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def first_answer(process, url: str, cert: Path):
+    for _ in range(100):
+        try:
+            return requests.get(url, verify=str(cert), timeout=2)
+        except requests.ConnectionError:
+            assert process.poll() is None, "haproxy exited"
+            time.sleep(0.1)
+    raise AssertionError("haproxy never answered")
+
+
+def check_tls_front(process, cert: Path, tls_port: int, http_port: int) -> None:
+    answer = first_answer(process, f"https://localhost:{tls_port}/readyz", cert)
+    # No replica here: HAProxy's own 503, over TLS, with HSTS all the same.
+    assert answer.status_code == 503
+    assert answer.headers["Strict-Transport-Security"].startswith("max-age=31536000")
+    plain = requests.get(f"http://127.0.0.1:{http_port}/studies/x?y=1",
+                         allow_redirects=False, timeout=5)
+    assert plain.status_code == 301
+    assert plain.headers["Location"] == f"https://127.0.0.1:{tls_port}/studies/x?y=1"
+    assert "Strict-Transport-Security" not in plain.headers
 
 
 # --- Kubernetes ------------------------------------------------------------------------
