@@ -75,6 +75,9 @@ def test_the_access_log_never_holds_a_study_id_a_uid_or_a_file_name(server, tmp_
     uid = "1.2.840.113619.2.55.3.604688119"
     curl("-X", "POST", "-o", "/dev/null", f"{server.url}/api/v1/pacs/studies/{uid}/analyses")
     curl("-o", "/dev/null", f"{server.url}/studies/{study_id}/images/0/heatmap/DOE_JANE.png")
+    deadline = time.monotonic() + 30  # a worker writes its access line after answering
+    while "heatmap/" not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
     log = server.log_text()
     assert "/api/v1/studies/<study>" in log and "/studies/<study>" in log
     assert "/api/v1/pacs/studies/<uid>/analyses" in log and "heatmap/<file>" in log
