@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, func, or_, select, update
 
+from audit import actions, trail
 from extensions import db
 from jobs.lease import won
 
@@ -252,6 +253,7 @@ def purge_expired(retention_hours: float) -> int:
         or_(Study.status.in_([DONE, FAILED]), Study.claimed_until.is_(None),
             Study.claimed_until < utcnow_naive()))))
     for study_id in ids:
+        trail.record(actions.DELETED, trail.SYSTEM, study_id=study_id, reason="retention")
         delete_study(study_id)
     return len(ids)
 

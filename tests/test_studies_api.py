@@ -189,6 +189,14 @@ def test_results_expire_after_the_retention_time(tmp_path, tiny_model_dir, insta
             _, purged = housekeeping(settings_of(app).studies)
         assert purged == 1
         assert row_counts(app)["study_images"] == 0
+        with app.app_context():
+            from audit.models import AuditEvent
+
+            last = db.session.scalars(select(AuditEvent).order_by(
+                AuditEvent.seq.desc())).first()
+            assert (last.action, last.actor_name, last.target) == (
+                "deleted", "system", {"reason": "retention"})
+            assert last.study == url.rsplit("/", 1)[1][:8]
     finally:
         app.extensions["job_queue"].stop_embedded_worker()
 
