@@ -15,7 +15,7 @@ from sqlalchemy import or_, select
 from extensions import db
 
 from .chain import Verdict, verify
-from .models import HEAD_ID, AuditEvent, AuditHead
+from .models import GENESIS, HEAD_ID, AuditEvent, AuditHead
 
 CSV_COLUMNS = ("seq", "at", "actor_id", "actor_name", "actor_role", "actor_method",
                "client", "action", "study", "target", "outcome", "prev_hash", "hash")
@@ -65,7 +65,8 @@ def events_csv(filters: Filters) -> str:
 
 
 def safe_cell(value) -> str:
-    """No spreadsheet formula from a recorded name (CSV injection)."""
+    """A CSV cell that no spreadsheet reads as a formula (CSV injection), for every
+    export of names people typed: the audit trail's and a study's."""
     text = "" if value is None else str(value)
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
@@ -87,5 +88,5 @@ def in_order(batch: int = 1000) -> Iterator[AuditEvent]:
 
 def check_trail() -> Verdict:
     head = db.session.get(AuditHead, HEAD_ID)
-    seq, head_hash = (head.seq, head.hash) if head else (0, "0" * 64)
+    seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
     return verify(in_order(), seq, head_hash)

@@ -49,17 +49,16 @@ def minimum_dicom(data: bytes, name: str = "") -> bytes:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom's warnings may quote values
             source = pydicom.dcmread(io.BytesIO(data), force=True)
-            syntax = getattr(source.file_meta, "TransferSyntaxUID", None) \
-                if hasattr(source, "file_meta") else None
             target = Dataset()
             for element in source:
                 if kept(element):
                     target.add(element)
+            source_meta = getattr(source, "file_meta", None) or FileMetaDataset()
             meta = FileMetaDataset()
             for keyword in KEPT_META:
-                if keyword in source.file_meta:
-                    setattr(meta, keyword, source.file_meta.get(keyword))
-            if syntax is None:
+                if keyword in source_meta:
+                    setattr(meta, keyword, source_meta.get(keyword))
+            if "TransferSyntaxUID" not in meta:  # no file meta: pydicom read it implicit
                 meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
             target.file_meta = meta
             target.preamble = b"\0" * 128

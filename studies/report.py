@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
+from audit.query import safe_cell
 from inference.predict import DISCLAIMER
 
 from .models import DONE, FAILED, QUEUED, RUNNING, Study, StudyImage
@@ -92,10 +93,10 @@ def study_csv(view: dict) -> str:
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     for image in view["images"]:
-        base = [image["index"], _safe(image["name"]), _safe(image["series_uid"] or ""),
+        base = [image["index"], safe_cell(image["name"]), safe_cell(image["series_uid"]),
                 image["instance_number"] if image["instance_number"] is not None else "",
                 image["status"]]
-        notes = _safe(" | ".join(image["warnings"]
+        notes = safe_cell(" | ".join(image["warnings"]
                                  + ([image["error"]["message"]] if "error" in image else [])))
         tail = [_number(image["covid_probability"]),
                 "" if image["positive"] is None else int(image["positive"]), notes]
@@ -108,8 +109,3 @@ def study_csv(view: dict) -> str:
 
 def _number(value) -> str:
     return "" if value is None else f"{value:.6f}"
-
-
-def _safe(text: str) -> str:
-    """No spreadsheet formulas from user-given names (CSV injection)."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
