@@ -15,6 +15,7 @@ from app import create_app  # noqa: E402
 from config import TestingConfig  # noqa: E402
 from settings import load_settings  # noqa: E402
 
+from .browser import browser  # noqa: E402,F401 - a fixture
 from .mail_server import mail  # noqa: E402,F401 - a fixture
 from .model_factory import full_size_model, install, scan_like_png, tiny_model  # noqa: E402
 from .oidc_server import oidc_provider, oidc_redirect_uris  # noqa: E402,F401 - fixtures

@@ -12,7 +12,6 @@ import pytest
 
 from auth.oidc import NO_ROLE
 
-from .e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 from .oidc_server import OidcProvider, login_in_browser, needs_oidc
 from .server import start_server
 
@@ -99,23 +98,18 @@ def test_tokens_that_do_not_hold_are_refused(hospital, oidc_provider, claims, fo
     assert 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
 
 
-def test_a_real_browser_signs_in_through_the_provider(tmp_path, tiny_model_dir):
-    from playwright.sync_api import sync_playwright
-
-    if not CHROMIUM.exists():
-        pytest.skip("Chromium is not installed")
+def test_a_real_browser_signs_in_through_the_provider(tmp_path, tiny_model_dir, browser):
     provider = OidcProvider(tmp_path / "idp")
     models = tmp_path / "models"
     shutil.copytree(tiny_model_dir, models)
     env = {f"FLASK_{key}": str(value) for key, value in hospital_settings(provider).items()}
     env["OIDC_CLIENT_SECRET"] = provider.clients["lungscan"]
     server = start_server(tmp_path / "web", models, workers=1, env=env)
+    context = browser.new_context()
     try:
         provider.client_configs[0]["redirect_uris"] = [f"{server.url}/login/oidc/callback"]
-        with provider, sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
-                                                 args=CHROMIUM_ARGS)
-            page = browser.new_page()
+        with provider:
+            page = context.new_page()
             page.goto(f"{server.url}/login?next=/studies/")
             page.click("#login-oidc")
             login_in_browser(page, "admin1")
@@ -125,6 +119,6 @@ def test_a_real_browser_signs_in_through_the_provider(tmp_path, tiny_model_dir):
             page.click("#sign-out")
             page.wait_for_url(f"{server.url}/login")
             assert page.locator("#account-name").count() == 0
-            browser.close()
     finally:
+        context.close()
         server.stop()

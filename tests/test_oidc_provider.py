@@ -14,7 +14,6 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 import requests
 
-from .e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 from .oidc_server import PASSWORD, needs_oidc
 
 pytestmark = needs_oidc
@@ -163,13 +162,3 @@ def test_sign_in_refuses_a_wrong_password(oidc_provider, oidc_redirect_uris):
         oidc_provider.sign_in(url, "reader1", password="not-" + PASSWORD)
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()

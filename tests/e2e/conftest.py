@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from ..browser import CHROMIUM
 from ..server import ROOT, start_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 VIEWPORTS = {"phone": {"width": 390, "height": 844}, "desktop": {"width": 1280, "height": 800}}
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 
@@ -41,16 +38,6 @@ def site(tmp_path_factory, tiny_model_dir):
                                "FLASK_CONTACT_RATE_LIMIT": "30 per minute"})
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(params=sorted(VIEWPORTS))
