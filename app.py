@@ -21,6 +21,7 @@ import contact.models  # noqa: F401 - registers the table
 import pacs.models  # noqa: F401 - registers the table
 import studies.models  # noqa: F401 - registers the tables
 from audit.cli import audit_cli
+from audit.tasks import register_audit_tasks
 from audit.trail import install as install_audit_trail
 from auth.cli import tokens_cli, users_cli
 from auth.oidc import register_provider
@@ -196,6 +197,7 @@ def register_tasks(app: Flask, settings: Settings) -> None:
                   contact=contact_tasks)
     app.extensions["tasks"] = tasks
     queue.every("study-housekeeping", settings.queue.sweep_s, tasks.housekeeping)
+    register_audit_tasks(queue, app, settings.audit)
     if settings.pacs.auto_rules:
         queue.every("pacs-poll", settings.pacs.poll_s, tasks.pacs_poll)
 

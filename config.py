@@ -158,6 +158,20 @@ class Config:
     # X-Forwarded-Proto: https, see PROXY_FIX_X_FOR).
     PREFER_HTTPS = False
 
+    # Audit trail export to the hospital's Audit Record Repository: DICOM audit messages
+    # (PS3.15 A.5) as syslog over TLS (RFC 5425) from a durable outbox. Off unless set.
+    AUDIT_SYSLOG_URL = None  # tls://arr.hospital.example:6514
+    AUDIT_SYSLOG_CA_FILE = None  # the CA of the repository's certificate; None: system's
+    AUDIT_SYSLOG_CERT_FILE = None  # this site's certificate and key, where the
+    AUDIT_SYSLOG_KEY_FILE = None  # repository asks for one (mutual TLS)
+    AUDIT_SYSLOG_TIMEOUT_S = 10
+    AUDIT_SOURCE_ID = "lungscan"  # AuditSourceID in every message
+    AUDIT_ENTERPRISE_SITE_ID = None  # AuditEnterpriseSiteID: the hospital's name or OID
+    AUDIT_EXPORT_S = 10  # how often workers send what the repository has not read
+    AUDIT_EXPORT_BATCH = 200  # events per connection
+    AUDIT_EXPORT_RETRY_S = 10  # after a failed send, doubling per failure...
+    AUDIT_EXPORT_RETRY_MAX_S = 600  # ...up to this
+
     WTF_CSRF_TIME_LIMIT = None  # token valid for the session's life
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"

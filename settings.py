@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from audit.outbox import ExportSettings, default_source
+from audit.syslog import SyslogTarget
 from auth.settings import AuthSettings, auth_settings
 from inference.precision import normalize_precision, normalize_tolerance
 from inference.registry import ModelChoice, parse_model_choices, per_modality
@@ -118,6 +120,7 @@ class Settings:
     queue: QueueSettings
     log_level: str
     auth: AuthSettings
+    audit: ExportSettings
 
 
 def device(value) -> str:
@@ -196,12 +199,28 @@ def queue_settings(config: Mapping) -> QueueSettings:
                          backoff_max_s=float(config["WORKER_BACKOFF_MAX_S"]))
 
 
+def audit_settings(config: Mapping) -> ExportSettings:
+    url = (config["AUDIT_SYSLOG_URL"] or "").strip()
+    timeout_s = float(config["AUDIT_SYSLOG_TIMEOUT_S"])
+    target = SyslogTarget.from_url(
+        url, ca_file=config["AUDIT_SYSLOG_CA_FILE"] or None,
+        cert_file=config["AUDIT_SYSLOG_CERT_FILE"] or None,
+        key_file=config["AUDIT_SYSLOG_KEY_FILE"] or None, timeout_s=timeout_s) if url else None
+    return ExportSettings(
+        target=target,
+        source=default_source(str(config["AUDIT_SOURCE_ID"]),
+                              config["AUDIT_ENTERPRISE_SITE_ID"] or None),
+        interval_s=float(config["AUDIT_EXPORT_S"]), batch=int(config["AUDIT_EXPORT_BATCH"]),
+        lease_s=max(60.0, 6 * timeout_s), retry_s=float(config["AUDIT_EXPORT_RETRY_S"]),
+        retry_max_s=float(config["AUDIT_EXPORT_RETRY_MAX_S"]))
+
+
 def load_settings(config: Mapping, environ: Mapping = os.environ) -> Settings:
     """Every typed setting from the app's config (credentials from ``environ``)."""
     return Settings(inference=inference_settings(config), studies=study_settings(config),
                     pacs=pacs_settings(config, environ), mail=mail_settings(config),
                     queue=queue_settings(config), log_level=str(config["LOG_LEVEL"]),
-                    auth=auth_settings(config, environ))
+                    auth=auth_settings(config, environ), audit=audit_settings(config))
 
 
 def settings_of(app) -> Settings:

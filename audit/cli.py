@@ -1,13 +1,19 @@
-"""``flask audit verify``: walk the trail and say where its hash chain breaks."""
+"""``flask audit verify``: walk the trail and say where its hash chain breaks.
+``flask audit send``: send the repository what it has not read, now."""
 
 from __future__ import annotations
 
 import click
+from flask import current_app
 from flask.cli import AppGroup
 
-from .query import check_trail
+from settings import settings_of
 
-audit_cli = AppGroup("audit", help="The audit trail: check that no row was changed.")
+from .outbox import backlog, deliver, due_now
+from .query import check_trail
+from .syslog import AuditDeliveryError
+
+audit_cli = AppGroup("audit", help="The audit trail: check it, send it to the repository.")
 
 
 @audit_cli.command("verify")
@@ -20,3 +26,20 @@ def verify_command():
     if not verdict.intact:
         raise click.exceptions.Exit(1)
     click.echo(f"The audit trail is intact: {verdict.checked} rows.")
+
+
+@audit_cli.command("send")
+def send_command():
+    """Send the Audit Record Repository (AUDIT_SYSLOG_URL) every event it has not read
+    yet, without waiting for the next retry; exit 1 if it did not take them."""
+    settings = settings_of(current_app).audit
+    if settings.target is None:
+        raise click.ClickException("No repository is configured: set AUDIT_SYSLOG_URL.")
+    due_now()
+    try:
+        sent = deliver(settings, rounds=1_000_000)
+    except AuditDeliveryError as exc:
+        raise click.ClickException(f"The repository did not take the events: {exc}") from exc
+    waiting = backlog().waiting
+    click.echo(f"Sent {sent} events; {waiting} waiting"
+               + (" (another worker is sending them)." if waiting else "."))

@@ -46,3 +46,18 @@ class AuditHead(db.Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, default=0)
     hash: Mapped[str] = mapped_column(String(64), default=GENESIS)
+
+
+class AuditExport(db.Model):
+    """How far the Audit Record Repository has read the trail (see ``outbox``)."""
+
+    __tablename__ = "audit_export"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sent_seq: Mapped[int] = mapped_column(Integer, default=0)
+    holder: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # While held: when the hold lapses. After a failure: when to try again.
+    held_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
