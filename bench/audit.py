@@ -7,8 +7,13 @@
    ``--database`` URL given (PostgreSQL). Each writer's events are one transaction.
 2. The cost of de-identification per image: ``minimum_dicom`` on 512x512 CT slices that
    carry patient, physician and institution attributes (median of ``--repeats``).
+3. With ``--export``: how fast the trail reaches an Audit Record Repository, a real
+   rsyslog with TLS on loopback (Debian's rsyslog and rsyslog-gnutls): ``--events``
+   rows recorded, then sent by the outbox in batches of 200, DICOM audit messages in
+   RFC 5425 frames; and the size of one message.
 
     python bench/audit.py [--postgres | --database postgresql+psycopg://...] [--seconds 5]
+                          [--export [--events 2000]]
 """
 
 from __future__ import annotations
@@ -94,6 +99,34 @@ def audit_figures(args, folder: Path) -> None:
           f"chain intact over {verdict.checked} rows: {verdict.intact}")
 
 
+def export_figures(folder: Path, events: int) -> None:
+    from app import create_app
+    from audit.outbox import backlog, deliver
+    from extensions import db
+    from settings import settings_of
+    from tests.syslog_server import Rsyslog, body_of
+
+    (folder / "export").mkdir()
+    with Rsyslog(folder / "rsyslog") as repository:
+        app = create_app(testing_config(folder / "export", AUDIT_SYSLOG_URL=repository.url,
+                                        AUDIT_SYSLOG_CA_FILE=str(repository.cert)))
+        actor = trail.Actor(3, "reader1", "reader", "token", "10.0.0.7")
+        with app.app_context():
+            for n in range(events):
+                trail.record(actions.STUDY_VIEWED, actor, study_id=f"{n:032x}",
+                             pacs_study_uid=f"1.2.826.0.1.3680043.8.498.{n}")
+            db.session.commit()
+            started = time.monotonic()
+            sent = deliver(settings_of(app).audit, rounds=1_000_000)
+            spent = time.monotonic() - started
+            waiting = backlog().waiting
+        received = repository.wait_for(events)
+    sizes = sorted(len(body_of(line)[1]) for line in received)
+    print(f"audit export to rsyslog over TLS: {sent} events in {spent:.2f} s = "
+          f"{sent / spent:.0f} events/s ({len(received)} received, {waiting} waiting); "
+          f"a message is {statistics.median(sizes)} bytes of XML (median)")
+
+
 def deidentify_figures(repeats: int) -> None:
     big = []
     for n in range(1, 4):
@@ -122,9 +155,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--export", action="store_true",
+                        help="also time the export to a throw-away rsyslog over TLS")
+    parser.add_argument("--events", type=int, default=2000)
     args = parser.parse_args()
     deidentify_figures(args.repeats)
     with tempfile.TemporaryDirectory() as folder:
+        if args.export:
+            export_figures(Path(folder), args.events)
         if args.postgres:
             from tests.postgres_server import postgres_server
 

@@ -40,6 +40,19 @@ template(name="raw" type="string" string="%rawmsg%\\n")
 action(type="omfile" file="{received}" template="raw")
 """
 SEQUENCE = re.compile(r'\[meta sequenceId="(\d+)"\]')
+BOM = "\ufeff".encode()
+# RFC 5424: <PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD then BOM + message.
+HEADER = re.compile(rb'<(\d{1,3})>1 (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (\S+) (\S+) '
+                    rb'(\d+) DICOM\+RFC3881 \[meta sequenceId="(\d+)"\] ')
+
+
+def body_of(line: bytes) -> tuple[re.Match, bytes]:
+    """A received RFC 5424 message's header fields and its XML (after the BOM)."""
+    header = HEADER.match(line)
+    assert header, line[:200]
+    rest = line[header.end():]
+    assert rest.startswith(BOM)
+    return header, rest[len(BOM):]
 
 
 def self_signed(folder: Path, name: str = "localhost") -> tuple[Path, Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
+import threading
 import time
 from collections import Counter
 
@@ -22,10 +23,11 @@ from audit.syslog import AuditDeliveryError
 from extensions import db
 from settings import settings_of
 
-from .conftest import reconfigure
+from .conftest import reconfigure, signed_in
+from .postgres_server import POSTGRES_BIN, postgres_server
 from .server import start_server
-from .syslog_server import Rsyslog, needs_rsyslog, self_signed
-from .test_audit_message import body_of, valid
+from .syslog_server import Rsyslog, body_of, needs_rsyslog, self_signed
+from .test_audit_message import valid
 
 pytestmark = needs_rsyslog
 CSRF_INPUT = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
@@ -102,6 +104,10 @@ def test_a_repository_that_is_down_loses_nothing_and_gets_nothing_twice(app_fact
         assert (row.sent_seq, row.failures) == (30, 1) and "Connection" in row.last_error
     failed = app.test_cli_runner().invoke(args=["audit", "send"])
     assert failed.exit_code == 1 and "did not take" in failed.output
+    admin = app.test_client()
+    signed_in(app, admin, role="admin")
+    page = admin.get("/admin/audit").get_data(as_text=True)
+    assert "40 events not sent yet; the last 2 tries failed (ConnectionRefusedError" in page
     repository.start()
     for start in (70, 100, 130):  # restarted between rounds, events still coming
         record_views(app, 30, start=start)
@@ -112,6 +118,7 @@ def test_a_repository_that_is_down_loses_nothing_and_gets_nothing_twice(app_fact
     assert set(counts.values()) == {1}, [seq for seq, n in counts.items() if n > 1]
     with app.app_context():
         assert db.session.get(AuditExport, 1).failures == 0
+    assert "every event sent" in admin.get("/admin/audit").get_data(as_text=True)
 
 
 def test_a_repository_the_ca_does_not_vouch_for_gets_nothing(app_factory, repository,
@@ -169,3 +176,48 @@ def test_a_real_server_exports_from_its_worker_across_a_repository_restart(
              for line in repository.messages()}
     assert {f"user{number}" for number in range(8)} <= users
     assert "Traceback" not in server.log_text()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'export.sqlite3'}"
+        return
+    if POSTGRES_BIN is None:
+        pytest.skip("postgresql is missing (.ci/run installs it)")
+    with postgres_server() as make_database:
+        yield make_database()
+
+
+def test_workers_sending_at_once_send_each_event_once(app_factory, repository, database_url):
+    app = app_factory(AUTH_METHODS="local", SQLALCHEMY_DATABASE_URI=database_url,
+                      AUDIT_SYSLOG_URL=repository.url, AUDIT_SYSLOG_CA_FILE=str(repository.cert),
+                      AUDIT_EXPORT_BATCH=10, AUDIT_EXPORT_RETRY_S=0.05,
+                      AUDIT_EXPORT_RETRY_MAX_S=0.2)
+    stop = threading.Event()
+    problems = []
+
+    def worker():
+        with app.app_context():
+            while not stop.is_set():
+                try:
+                    deliver(settings_of(app).audit)
+                except Exception as exc:  # noqa: BLE001 - the test reports it
+                    problems.append(repr(exc))
+                time.sleep(0.01)
+
+    workers = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in workers:
+        thread.start()
+    try:
+        record_views(app, 120)
+        deadline = time.monotonic() + 60
+        while len(repository.messages()) < 120 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for thread in workers:
+            thread.join(30)
+    counts = Counter(repository.sequence_ids())
+    assert sorted(counts) == stored_seqs(app) == list(range(1, 121))
+    assert set(counts.values()) == {1} and problems == []

@@ -4,7 +4,6 @@ frame with RFC 5425's length prefix; and the repository settings that are refuse
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from pathlib import Path
 
@@ -16,13 +15,11 @@ from audit.dicom_message import KINDS, AuditSource, audit_message
 from audit.models import AuditEvent
 from audit.syslog import SyslogTarget, frame
 
+from .syslog_server import body_of
+
 SCHEMA = etree.RelaxNG(etree.parse(str(Path(__file__).parents[1] / "audit"
                                        / "dicom-audit-message.rng")))
 SOURCE = AuditSource(source_id="lungscan", site_id="St Example", host="ws1.example")
-BOM = "\ufeff".encode()
-# RFC 5424: <PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD then BOM + message.
-HEADER = re.compile(rb'<(\d{1,3})>1 (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (\S+) (\S+) '
-                    rb'(\d+) DICOM\+RFC3881 \[meta sequenceId="(\d+)"\] ')
 # One event of each action, with the details its real caller records.
 EXAMPLES = {
     actions.LOGIN: {}, actions.LOGOUT: {}, actions.LOGIN_FAILED: {},
@@ -59,14 +56,6 @@ def valid(message: bytes) -> etree._Element:
     document = etree.fromstring(message)
     assert SCHEMA.validate(document), SCHEMA.error_log
     return document
-
-
-def body_of(line: bytes) -> tuple[re.Match, bytes]:
-    header = HEADER.match(line)
-    assert header, line[:200]
-    rest = line[header.end():]
-    assert rest.startswith(BOM)
-    return header, rest[len(BOM):]
 
 
 def test_every_action_has_an_event_code_and_an_example():

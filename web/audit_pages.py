@@ -8,9 +8,11 @@ from datetime import datetime
 from flask import Blueprint, Response, render_template, request
 
 from audit import actions, trail
+from audit.outbox import backlog
 from audit.query import Filters, events, events_csv
 
 from .access import actor
+from .services import settings
 
 bp = Blueprint("audit_pages", __name__, url_prefix="/admin")
 
@@ -40,8 +42,9 @@ def filters_from_request() -> tuple[Filters, list[str]]:
 def audit_list():
     filters, problems = filters_from_request()
     shown = events(filters) if not problems else []
+    export = backlog() if settings().audit.target is not None else None
     return render_template("admin_audit.html", events=shown, filters=filters,
-                           actions=actions.ALL, problems=problems,
+                           actions=actions.ALL, problems=problems, export=export,
                            query=request.query_string.decode("ascii", "replace")), \
         400 if problems else 200
 
