@@ -55,22 +55,24 @@ def body_of(line: bytes) -> tuple[re.Match, bytes]:
     return header, rest[len(BOM):]
 
 
-def self_signed(folder: Path, name: str = "localhost") -> tuple[Path, Path]:
-    """A certificate (its own CA) and key for ``name`` and 127.0.0.1."""
+def self_signed(folder: Path, name: str = "localhost",
+                loopback: bool = True) -> tuple[Path, Path]:
+    """A certificate (its own CA) and key for ``name`` (and 127.0.0.1 if ``loopback``)."""
     key, cert = folder / f"{name}-key.pem", folder / f"{name}-cert.pem"
+    names = f"DNS:{name}" + (",IP:127.0.0.1" if loopback else "")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", f"/CN={name}", "-addext",
-                    f"subjectAltName=DNS:{name},IP:127.0.0.1",
+                    "-subj", f"/CN={name}", "-addext", f"subjectAltName={names}",
                     "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
     return cert, key
 
 
 class Rsyslog:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, name: str = "localhost"):
+        """``name``: the host its certificate is for (only ``localhost`` reaches it)."""
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        self.cert, self.key = self_signed(folder)
+        self.cert, self.key = self_signed(folder, name, loopback=name == "localhost")
         self.port = free_port()
         self.received = folder / "received.log"
         self.config = folder / "rsyslog.conf"

@@ -136,6 +136,18 @@ def test_a_repository_the_ca_does_not_vouch_for_gets_nothing(app_factory, reposi
         assert backlog().waiting == 3
 
 
+def test_a_repository_whose_certificate_names_another_host_gets_nothing(app_factory,
+                                                                        tmp_path):
+    with Rsyslog(tmp_path / "impostor", name="arr.example") as impostor:
+        app = app_factory(AUDIT_SYSLOG_URL=f"tls://127.0.0.1:{impostor.port}",
+                          AUDIT_SYSLOG_CA_FILE=str(impostor.cert))
+        record_views(app, 2)
+        with app.app_context(), pytest.raises(AuditDeliveryError, match="mismatch"):
+            deliver(settings_of(app).audit)
+        time.sleep(0.5)
+        assert impostor.messages() == []
+
+
 def failed_sign_in(server, name: str) -> None:
     browser = requests.Session()
     form = browser.get(f"{server.url}/login", timeout=30)
