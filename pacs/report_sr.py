@@ -10,6 +10,7 @@ import logging
 import re
 
 import highdicom as hd
+import numpy as np
 import pydicom
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
@@ -152,13 +153,12 @@ def _describable(header: pydicom.Dataset) -> bool:
 def _image_groups(result: StudyResult, headers: list, model_versions: dict[str, str],
                   software_version: str, instance_uid: str) -> list:
     """One group per analysed image and model (TID 1501 names one algorithm per group),
-    plus the image's combined answer when several models voted."""
+    plus the image's combined answer when several models voted. Each is about the image
+    region it was computed on, so a viewer can place it on the image and list it."""
     groups = []
     for position, image in enumerate(result.images):
         header = headers[position] if position < len(headers) else None
-        sources = None if header is None else [hd.sr.SourceImageForMeasurementGroup(
-            referenced_sop_class_uid=header.SOPClassUID,
-            referenced_sop_instance_uid=header.SOPInstanceUID)]
+        where = _Where(_region(header), _sources(header))
         title = image_title(position, image)
         for answer in image.results:
             arch = answer["architecture"]
@@ -168,7 +168,7 @@ def _image_groups(result: StudyResult, headers: list, model_versions: dict[str, 
             measurements = [hd.sr.Measurement(PROBABILITY, answer["covid_probability"], RATIO),
                             hd.sr.Measurement(THRESHOLD, answer["threshold"], RATIO)]
             groups.append(_group(instance_uid, f"{title} {arch}", algorithm, measurements,
-                                 answer["label"] == COVID, sources))
+                                 answer["label"] == COVID, where))
         if len(image.results) > 1 and image.covid_probability is not None:
             algorithm = hd.sr.AlgorithmIdentification(
                 name=f"{SOFTWARE_NAME} ensemble", version=software_version,
@@ -176,21 +176,57 @@ def _image_groups(result: StudyResult, headers: list, model_versions: dict[str, 
                     r["architecture"] for r in image.results)])
             measurements = [hd.sr.Measurement(PROBABILITY, image.covid_probability, RATIO)]
             groups.append(_group(instance_uid, f"{title} combined", algorithm, measurements,
-                                 bool(image.positive), sources))
+                                 bool(image.positive), where))
     return groups
 
 
+class _Where:
+    """What a group is about: an image region (TID 1410) or, failing a header that
+    gives the image's size, the source image alone (TID 1501)."""
+
+    def __init__(self, region: hd.sr.ImageRegion | None, sources: list | None):
+        self.region, self.sources = region, sources
+
+
+def _sources(header: pydicom.Dataset | None) -> list | None:
+    if header is None:
+        return None
+    return [hd.sr.SourceImageForMeasurementGroup(
+        referenced_sop_class_uid=header.SOPClassUID,
+        referenced_sop_instance_uid=header.SOPInstanceUID)]
+
+
+def _region(header: pydicom.Dataset | None) -> hd.sr.ImageRegion | None:
+    """The whole image the model looked at, as a closed outline in pixel coordinates
+    (column, row), on the source instance."""
+    rows, columns = (getattr(header, "Rows", None), getattr(header, "Columns", None)
+                     ) if header is not None else (None, None)
+    if not rows or not columns:
+        return None
+    outline = np.array([[0.5, 0.5], [columns - 0.5, 0.5], [columns - 0.5, rows - 0.5],
+                        [0.5, rows - 0.5], [0.5, 0.5]], dtype=float)
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline,
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=header.SOPClassUID,
+            referenced_sop_instance_uid=header.SOPInstanceUID))
+
+
 def _group(instance_uid: str, title: str, algorithm, measurements: list, positive: bool,
-           sources: list | None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """A TID 1501 group whose tracking UID follows from the report's own UID, so a
-    report written twice is the same document."""
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+           where: _Where | None):
+    """A TID 1410 group on the image region (TID 1501 without one) whose tracking UID
+    follows from the report's own UID, so a report written twice is the same document."""
+    common = dict(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(entropy_srcs=[instance_uid, title]), identifier=title),
         finding_type=COVID19, algorithm_id=algorithm, measurements=measurements,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-            COVID19, PRESENT if positive else ABSENT)],
-        source_images=sources)
+            COVID19, PRESENT if positive else ABSENT)])
+    if where is not None and where.region is not None:
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            referenced_region=where.region, **common)
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        source_images=where.sources if where is not None else None, **common)
 
 
 def _study_group(result: StudyResult, software_version: str, instance_uid: str):
@@ -199,11 +235,13 @@ def _study_group(result: StudyResult, software_version: str, instance_uid: str):
     parameters = verdict.get("rule_parameters") or {}
     algorithm = hd.sr.AlgorithmIdentification(
         name=SOFTWARE_NAME, version=software_version,
-        parameters=[f"{verdict.get('rule_id', 'rule')}: " + ", ".join(
-            f"{key}={value}" for key, value in sorted(parameters.items()))])
+        parameters=["probability: mean over the analysed images",
+                    f"{verdict.get('rule_id', 'rule')}: " + ", ".join(
+                        f"{key}={value}" for key, value in sorted(parameters.items()))])
     measurements = [
-        hd.sr.Measurement(PROBABILITY, verdict["covid_probability"], RATIO,
-                          derivation=codes.SCT.Mean),
+        # The mean is said in the algorithm's parameters: a derivation would be a CODE
+        # child of the NUM, which viewers skip the NUM for.
+        hd.sr.Measurement(PROBABILITY, verdict["covid_probability"], RATIO),
         hd.sr.Measurement(POSITIVE_IMAGES, verdict["positive_images"], IMAGES),
         hd.sr.Measurement(ANALYSED_IMAGES, verdict["total_images"], IMAGES),
         hd.sr.Measurement(POSITIVE_SHARE, verdict["positive_share"], RATIO)]

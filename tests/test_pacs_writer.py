@@ -147,7 +147,9 @@ def texts(item, code_value: str) -> list[str]:
 def groups_by_title(sr_path) -> dict:
     sr = hd.sr.srread(sr_path)
     report = hd.sr.MeasurementReport.from_sequence(sr.content)
-    return {group.tracking_identifier: group for group in report.get_image_measurement_groups()}
+    groups = [*report.get_planar_roi_measurement_groups(),
+              *report.get_image_measurement_groups()]
+    return {group.tracking_identifier: group for group in groups}
 
 
 def dciodvfy(ds: pydicom.Dataset, tmp_path, name: str) -> list[str]:
@@ -196,8 +198,14 @@ def test_report_holds_every_models_answer_for_every_image(evidence, tmp_path):
             expected = [r["label"] for r in image["results"] if r["architecture"] == arch][0]
             assert label.value.meaning == ("Present" if expected == "COVID" else "Absent")
             assert texts(group[0], "111003") == [VERSIONS[arch]]
-            assert group.source_images[0].referenced_sop_instance_uid == \
-                evidence[position].SOPInstanceUID
+            region = group.roi  # the whole image, on its source instance
+            assert region.ValueType == "SCOORD" and region.GraphicType == "POLYLINE"
+            assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID \
+                == evidence[position].SOPInstanceUID
+            outline = region.value
+            assert outline.min(axis=0).tolist() == [0.5, 0.5]
+            assert outline.max(axis=0).tolist() == [evidence[position].Columns - 0.5,
+                                                    evidence[position].Rows - 0.5]
         if position != FAILED:
             combined = groups.pop(f"{title} combined")
             assert combined.get_measurements()[0].value == \
@@ -213,6 +221,8 @@ def test_report_holds_the_verdict_rule_versions_and_warning(evidence, tmp_path):
     values = {m.name.value: m.value for m in verdict.get_measurements()}
     assert values["122157"] == pytest.approx(0.512345, abs=1e-6)
     assert (values["POSIMAGES"], values["IMAGES"], values["LONGESTRUN"]) == (2, 4, 2)
+    # No NUM has a child item (a derivation CODE makes viewers skip the number).
+    assert all("ContentSequence" not in m[0] for m in verdict.get_measurements())
     assert verdict.get_qualitative_evaluations()[0].value.meaning == "Present"
     assert texts(sr, "VERDICT") == [
         "COVID: 2 of 4 images positive, mean COVID probability 0.512"]
