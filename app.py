@@ -18,6 +18,7 @@ from flask import Flask
 import audit.models  # noqa: F401 - registers the tables
 import auth.models  # noqa: F401 - registers the tables
 import contact.models  # noqa: F401 - registers the table
+import dicomnode.models  # noqa: F401 - registers the tables
 import pacs.models  # noqa: F401 - registers the table
 import studies.models  # noqa: F401 - registers the tables
 from audit.cli import audit_cli
@@ -30,6 +31,8 @@ from config import Config, TestingConfig  # noqa: F401 - TestingConfig re-export
 from contact.cli import contact_cli
 from contact.tasks import ContactTasks, register_contact_tasks
 from contact.views import bp as contact_bp
+from dicomnode.cli import dicom_cli
+from dicomnode.tasks import register_node_tasks
 from extensions import csrf, db, limiter
 from inference.service import InferenceService
 from jobs.cli import worker_command
@@ -186,7 +189,9 @@ def register_tasks(app: Flask, settings: Settings) -> None:
     """Each domain's jobs on the queue, and the loops every worker runs."""
     queue = app.extensions["job_queue"]
     pacs_tasks = register_pacs_tasks(queue, app)
-    study_tasks = register_study_tasks(queue, app, hooks=pacs_tasks.hooks)
+    hooks = register_node_tasks(queue, app, pacs_tasks.hooks,
+                                lambda study_id: study_tasks.run(study_id))
+    study_tasks = register_study_tasks(queue, app, hooks=hooks)
     contact_tasks = register_contact_tasks(queue, app)
 
     def housekeeping() -> int:
@@ -212,5 +217,5 @@ def register_blueprints(app: Flask) -> None:
 
 def register_commands(app: Flask) -> None:
     for command in (contact_cli, models_cli, worker_command, pacs_cli, users_cli, tokens_cli,
-                    audit_cli):
+                    audit_cli, dicom_cli):
         app.cli.add_command(command)

@@ -99,6 +99,10 @@ class Config:
     PACS_AUTO_ANALYSE = ""  # e.g. "ct:all,xray:resnet50": analyse new studies on arrival
     PACS_EXPLAIN = False  # auto-analysis with heatmaps (written back as captures)
     PACS_WRITE_BACK = True  # store the report (and captures) in the PACS study
+    # How heatmaps are written back: "pmap" (Parametric Map of the values, which viewers
+    # overlay on the source images), "seg" (fractional Segmentation), "sc" (Secondary
+    # Captures with the warning burned in) or "none"
+    PACS_HEATMAP_FORMAT = "pmap"
     PACS_WRITE_LEASE_S = 300  # a queued write-back's hold: a lost job is queued again after it
     PACS_WRITE_RETRY_S = 60  # first retry of a failed write-back, doubling...
     PACS_WRITE_RETRY_MAX_S = 3600  # ...up to this
@@ -109,6 +113,21 @@ class Config:
     # doubling per failure up to the maximum.
     PACS_ARRIVAL_RETRY_S = 60
     PACS_ARRIVAL_RETRY_MAX_S = 3600
+
+    # DICOM node (`flask dicom listen`, pynetdicom): modalities and routers send studies
+    # by C-STORE; each is analysed once it stopped growing, its report sent back.
+    DICOM_AE_TITLE = "LUNGSCAN"
+    DICOM_BIND = "0.0.0.0"
+    DICOM_PORT = 11112
+    DICOM_ALLOWED_CALLERS = ""  # calling AE titles let in, "CT1,ORTHANC"; none: no node
+    DICOM_MAX_ASSOCIATIONS = 4  # at once; more are rejected as busy
+    DICOM_TIMEOUT_S = 30  # network, ACSE and DIMSE time-outs
+    DICOM_STABLE_S = 10  # a study is analysed once nothing arrived for this long
+    DICOM_ANALYSE = "ct:all,xray:all"  # the models for each modality's studies
+    DICOM_EXPLAIN = False  # heatmaps with each analysis (and written back)
+    # Where reports go by C-STORE, "AET@host:port"; empty: over DICOMweb to DICOMWEB_URL
+    # (the PACS that sent the study), or kept here only when neither is set.
+    DICOM_RESULT_DESTINATION = ""
 
     # Behind a load balancer or reverse proxy: how many proxies in front set
     # X-Forwarded-For / -Proto (Werkzeug's ProxyFix), so rate limits and logs see the

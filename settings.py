@@ -15,6 +15,7 @@ from typing import Mapping
 from audit.outbox import ExportSettings, default_source
 from audit.syslog import SyslogTarget
 from auth.settings import AuthSettings, auth_settings
+from dicomnode.settings import Destination, NodeSettings, ae_titles
 from inference.precision import normalize_precision, normalize_tolerance
 from inference.registry import ModelChoice, parse_model_choices, per_modality
 from inference.runners import DEVICES
@@ -54,6 +55,10 @@ class StudySettings:
     write_max_attempts: int  # automatic write-back tries, shown in a PACS study's view
 
 
+HEATMAP_FORMATS = ("pmap", "seg", "sc", "none")  # how heatmaps are written into a PACS
+DEFAULT_HEATMAP_FORMAT = "pmap"  # as config.py's PACS_HEATMAP_FORMAT
+
+
 @dataclass(frozen=True)
 class PacsConfig:
     """The PACS connection (None when no ``DICOMWEB_URL``) and what the tool does with it."""
@@ -71,6 +76,7 @@ class PacsConfig:
     stable_s: float
     arrival_retry_s: float
     arrival_retry_max_s: float
+    heatmap_format: str = DEFAULT_HEATMAP_FORMAT  # PACS_HEATMAP_FORMAT
 
     @property
     def configured(self) -> bool:
@@ -121,6 +127,16 @@ class Settings:
     log_level: str
     auth: AuthSettings
     audit: ExportSettings
+    node: NodeSettings
+
+
+def heatmap_format(value) -> str:
+    """PACS_HEATMAP_FORMAT, checked at start: a typo would otherwise write nothing."""
+    key = str(value or "").strip().lower()
+    if key not in HEATMAP_FORMATS:
+        raise ValueError(f"PACS_HEATMAP_FORMAT must be one of {', '.join(HEATMAP_FORMATS)}, "
+                         f"not {str(value)[:20]!r}")
+    return key
 
 
 def device(value) -> str:
@@ -173,7 +189,8 @@ def pacs_settings(config: Mapping, environ: Mapping) -> PacsConfig:
         explain=bool(config["PACS_EXPLAIN"]), poll_s=float(config["PACS_POLL_S"]),
         stable_s=float(config["PACS_STABLE_S"]),
         arrival_retry_s=float(config["PACS_ARRIVAL_RETRY_S"]),
-        arrival_retry_max_s=float(config["PACS_ARRIVAL_RETRY_MAX_S"]))
+        arrival_retry_max_s=float(config["PACS_ARRIVAL_RETRY_MAX_S"]),
+        heatmap_format=heatmap_format(config["PACS_HEATMAP_FORMAT"]))
 
 
 def mail_settings(config: Mapping) -> MailSettings:
@@ -215,12 +232,29 @@ def audit_settings(config: Mapping) -> ExportSettings:
         retry_max_s=float(config["AUDIT_EXPORT_RETRY_MAX_S"]))
 
 
+def node_settings(config: Mapping) -> NodeSettings:
+    destination = str(config["DICOM_RESULT_DESTINATION"] or "").strip()
+    title = str(config["DICOM_AE_TITLE"]).strip()
+    if not ae_titles(title):
+        raise ValueError("DICOM_AE_TITLE must be an AE title")
+    return NodeSettings(
+        ae_title=title, bind=str(config["DICOM_BIND"]), port=int(config["DICOM_PORT"]),
+        allowed_callers=ae_titles(config["DICOM_ALLOWED_CALLERS"]),
+        max_associations=max(1, int(config["DICOM_MAX_ASSOCIATIONS"])),
+        stable_s=float(config["DICOM_STABLE_S"]),
+        rules=tuple(per_modality(parse_model_choices(config["DICOM_ANALYSE"]))),
+        explain=bool(config["DICOM_EXPLAIN"]),
+        destination=Destination.parse(destination) if destination else None,
+        timeout_s=float(config["DICOM_TIMEOUT_S"]))
+
+
 def load_settings(config: Mapping, environ: Mapping = os.environ) -> Settings:
     """Every typed setting from the app's config (credentials from ``environ``)."""
     return Settings(inference=inference_settings(config), studies=study_settings(config),
                     pacs=pacs_settings(config, environ), mail=mail_settings(config),
                     queue=queue_settings(config), log_level=str(config["LOG_LEVEL"]),
-                    auth=auth_settings(config, environ), audit=audit_settings(config))
+                    auth=auth_settings(config, environ), audit=audit_settings(config),
+                    node=node_settings(config))
 
 
 def settings_of(app) -> Settings:

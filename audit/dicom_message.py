@@ -53,6 +53,7 @@ INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = Code("110104", "DICOM Instances Transferred")
 STUDY_DELETED = Code("110105", "DICOM Study Deleted")
 EXPORT = Code("110106", "Export")
+IMPORT = Code("110107", "Import")
 QUERY = Code("110112", "Query")
 SECURITY_ALERT = Code("110113", "Security Alert")
 USER_AUTHENTICATION = Code("110114", "User Authentication")
@@ -78,6 +79,7 @@ KINDS = {
     actions.TOKEN_CHANGED: EventKind(SECURITY_ALERT, USER_ATTRIBUTES_CHANGED, "E"),
     actions.MODEL_INSTALLED: EventKind(SECURITY_ALERT, SOFTWARE_CONFIGURATION, "E"),
     actions.MODEL_REMOVED: EventKind(SECURITY_ALERT, SOFTWARE_CONFIGURATION, "E"),
+    actions.DICOM_RECEIVED: EventKind(IMPORT, None, "C"),
     actions.APP_STARTED: EventKind(APPLICATION_ACTIVITY, Code("110120", "Application Start"),
                                    "E"),
     actions.APP_STOPPED: EventKind(APPLICATION_ACTIVITY, Code("110121", "Application Stop"),
@@ -91,6 +93,7 @@ SOURCE_ROLE, DESTINATION_ROLE = Code("110153", "Source Role ID"), Code("110152",
                                                                       "Destination Role ID")
 # Where this application stands in a transfer: images come in, reports go out.
 APPLICATION_ROLES = {actions.PACS_STUDY_OPENED: DESTINATION_ROLE,
+                     actions.DICOM_RECEIVED: DESTINATION_ROLE,
                      actions.WRITE_BACK_DONE: SOURCE_ROLE,
                      actions.WRITE_BACK_FAILED: SOURCE_ROLE}
 APPLICATION_SERVER = Code("4", "Application Server process tier in a multi-tier system")

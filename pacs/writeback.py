@@ -28,7 +28,7 @@ from inference.conversion import file_sha256
 from inference.errors import ServiceError
 from jobs.lease import won
 from jobs.retry import doubling_delay
-from settings import PacsConfig, StudySettings
+from settings import DEFAULT_HEATMAP_FORMAT, PacsConfig, StudySettings
 from studies import service as studies
 from studies.errors import EmptyStudy
 from studies.models import DONE, QUEUED, RUNNING, Study, StudyHeatmap, utcnow_naive
@@ -36,6 +36,7 @@ from studies.result import StudyResult
 
 from .captures import heatmap_captures
 from .client import PacsClient
+from .overlays import OVERLAY_FORMATS, store_overlays
 from .report_sr import structured_report
 
 log = logging.getLogger(__name__)
@@ -44,51 +45,56 @@ SOFTWARE_VERSION = "1.0"
 CAPTURES_PER_STORE = 16  # Secondary Captures sent per STOW request
 
 
-def wanted():
-    """A finished PACS study not written yet."""
-    return (Study.source == "pacs", Study.status == DONE, Study.written.is_(None))
+PACS = ("pacs",)  # the sources whose studies this module's callers write back
 
 
-def due(now, max_attempts: int):
+def wanted(sources=PACS):
+    """A finished study (of these sources: PACS studies by default) not written yet."""
+    return (Study.source.in_(sources), Study.status == DONE, Study.written.is_(None))
+
+
+def due(now, max_attempts: int, sources=PACS):
     """Wanted, its time came, and automatic tries left."""
-    return (*wanted(), Study.write_after.is_not(None), Study.write_after < now,
+    return (*wanted(sources), Study.write_after.is_not(None), Study.write_after < now,
             Study.write_attempts < max_attempts)
 
 
-def expect(study_id: str, lease_s: float) -> None:
+def expect(study_id: str, lease_s: float, sources=PACS) -> None:
     """Before a PACS study runs: its write-back is wanted. A worker that stops between
     finishing the study and queueing the write leaves it to housekeeping."""
     db.session.execute(
-        update(Study).where(Study.id == study_id, Study.source == "pacs",
+        update(Study).where(Study.id == study_id, Study.source.in_(sources),
                             Study.status.in_((QUEUED, RUNNING)), Study.written.is_(None))
         .values(write_after=utcnow_naive() + timedelta(seconds=lease_s))
         .execution_options(synchronize_session=False))
     db.session.commit()
 
 
-def reserve(study_id: str, lease_s: float) -> bool:
+def reserve(study_id: str, lease_s: float, sources=PACS) -> bool:
     """Mark a study that just finished for write-back, held for the job about to be
     queued; False when there is nothing to write."""
-    return won(update(Study).where(Study.id == study_id, *wanted())
+    return won(update(Study).where(Study.id == study_id, *wanted(sources))
                .values(write_after=utcnow_naive() + timedelta(seconds=lease_s)))
 
 
-def due_ids(config: PacsConfig, limit: int = 100) -> list[str]:
+def due_ids(config: PacsConfig, limit: int = 100, sources=PACS) -> list[str]:
     return list(db.session.scalars(
-        select(Study.id).where(*due(utcnow_naive(), config.write_max_attempts))
+        select(Study.id).where(*due(utcnow_naive(), config.write_max_attempts, sources))
         .order_by(Study.write_after).limit(limit)))
 
 
-def take(study_id: str, config: PacsConfig) -> bool:
+def take(study_id: str, config: PacsConfig, sources=PACS) -> bool:
     """Reserve one due study for a job; True only for the caller whose UPDATE won."""
     now = utcnow_naive()
-    return won(update(Study).where(Study.id == study_id, *due(now, config.write_max_attempts))
+    return won(update(Study).where(Study.id == study_id,
+                                   *due(now, config.write_max_attempts, sources))
                .values(write_after=now + timedelta(seconds=config.write_lease_s)))
 
 
-def reserve_due(config: PacsConfig, limit: int = 100) -> list[str]:
+def reserve_due(config: PacsConfig, limit: int = 100, sources=PACS) -> list[str]:
     """The due studies this caller reserved (each needs a job queued)."""
-    return [study_id for study_id in due_ids(config, limit) if take(study_id, config)]
+    return [study_id for study_id in due_ids(config, limit, sources)
+            if take(study_id, config, sources)]
 
 
 def record_failure(study_id: str, message: str, config: PacsConfig) -> tuple[int, float]:
@@ -110,11 +116,12 @@ def record_failure(study_id: str, message: str, config: PacsConfig) -> tuple[int
 
 
 def attempt(inference, config: PacsConfig, study_config: StudySettings,
-            study_id: str) -> tuple[bool, str]:
+            study_id: str, client=None) -> tuple[bool, str]:
     """Write the study back now, in the caller, and record the outcome: (ok, what
-    happened). Run inside an app context."""
+    happened). ``client``: where to (the PACS by default). Run inside an app context."""
     try:
-        outcome = deliver(config.client(), inference, study_config, study_id)
+        outcome = deliver(client or config.client(), inference, study_config, study_id,
+                          config.heatmap_format)
     except ServiceError as exc:  # PACS errors name only scheme://host:port
         message = exc.message
     except Exception as exc:  # noqa: BLE001 - its text could quote a response: type only
@@ -131,12 +138,13 @@ def attempt(inference, config: PacsConfig, study_config: StudySettings,
     return False, message
 
 
-def deliver(client: PacsClient, inference, study_config: StudySettings, study_id: str) -> str:
+def deliver(client: PacsClient, inference, study_config: StudySettings, study_id: str,
+            heatmap_format: str = DEFAULT_HEATMAP_FORMAT) -> str:
     """Write a finished PACS study's answer back, once; what happened, for the log."""
     result = studies.result(study_config, study_id)
     if result.status != "done" or result.written:
         return "nothing to write"
-    written = write_back(client, inference, result)
+    written = write_back(client, inference, result, heatmap_format)
     set_written(study_id, written)
     return f"wrote {len(written)} instances"
 
@@ -147,19 +155,25 @@ def requester(owner_id: int | None) -> str | None:
     return user.name if user is not None else None
 
 
-def write_back(client: PacsClient, inference, result: StudyResult) -> list[dict]:
-    """Store the report (and heatmap captures) in the PACS study; what was written."""
+def write_back(client: PacsClient, inference, result: StudyResult,
+               heatmap_format: str = DEFAULT_HEATMAP_FORMAT) -> list[dict]:
+    """Store the report (and the heatmaps, in ``heatmap_format``: PACS_HEATMAP_FORMAT) in
+    the PACS study; what was written."""
     study_id, study_uid = result.id, result.study_uid
     evidence = evidence_for(client, study_uid, result)
+    versions = model_versions(inference, result)
     report = structured_report(
-        result, evidence, model_versions(inference, result), SOFTWARE_VERSION,
+        result, evidence, versions, SOFTWARE_VERSION,
         series_uid=generate_uid(entropy_srcs=[study_id, "report-series"]),
         instance_uid=generate_uid(entropy_srcs=[study_id, "report"]),
         requested_by=requester(result.owner_id))
     client.store([report])
     written = [describe(report)]
-    if result.explain:
+    if result.explain and heatmap_format == "sc":
         written += store_captures(client, result, evidence)
+    elif result.explain and heatmap_format in OVERLAY_FORMATS:
+        written += [describe(overlay) for overlay in store_overlays(
+            client, heatmap_format, result, evidence, versions, SOFTWARE_VERSION)]
     return written
 
 

@@ -94,7 +94,9 @@ class StudyFile(db.Model):
 
 
 class StudyHeatmap(db.Model):
-    """One model's Grad-CAM overlay of one image (PNG), when the study asked for them."""
+    """One model's Grad-CAM overlay of one image (PNG), when the study asked for them, and
+    the map itself (0..1 float32 ``.npy``; null for heatmaps stored before it was kept),
+    which the PACS write-back encodes as values."""
 
     __tablename__ = "study_heatmaps"
 
@@ -103,6 +105,7 @@ class StudyHeatmap(db.Model):
     index: Mapped[int] = mapped_column(Integer, primary_key=True)
     architecture: Mapped[str] = mapped_column(String(32), primary_key=True)
     png: Mapped[bytes] = mapped_column(LargeBinary)
+    cam: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 STUDY_TABLES = (StudyHeatmap, StudyFile, StudyImage)  # children, deleted before the study

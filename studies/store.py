@@ -47,16 +47,18 @@ class ImageOutcome:
     error_code: str | None = None
     error_message: str | None = None
     heatmaps: dict[str, bytes] = field(default_factory=dict)  # architecture -> PNG
+    cams: dict[str, bytes] = field(default_factory=dict)  # architecture -> the map (.npy)
 
 
 def create_study(study_id: str, modality: str, model: str, explain: bool,
                  files: list[OrderedFile], warnings: list[str],
-                 owner_id: int | None = None) -> str:
+                 owner_id: int | None = None, source: str = "upload",
+                 study_uid: str | None = None) -> str:
     """Store the study, its images in reading order and their bytes; one transaction
     (with its audit event, recorded before)."""
     db.session.add(Study(id=study_id, status=QUEUED, modality=modality, model=model,
                          explain=explain, total=len(files), done=0, warnings=warnings,
-                         owner_id=owner_id))
+                         owner_id=owner_id, source=source, pacs_study_uid=study_uid))
     db.session.flush()
     _add_images(study_id, files)
     db.session.commit()
@@ -132,7 +134,8 @@ def save_outcomes(study_id: str, token: str, lease_s: float,
             continue
         for architecture, png in outcome.heatmaps.items():
             db.session.add(StudyHeatmap(study_id=study_id, index=outcome.index,
-                                        architecture=architecture, png=png))
+                                        architecture=architecture, png=png,
+                                        cam=outcome.cams.get(architecture)))
         db.session.execute(delete(StudyFile).where(StudyFile.study_id == study_id,
                                                    StudyFile.index == outcome.index))
     answered = select(func.count()).select_from(StudyImage).where(

@@ -36,6 +36,7 @@ EXAMPLES = {
     actions.MODEL_INSTALLED: {"modality": "ct", "model": "vgg16"},
     actions.MODEL_REMOVED: {"modality": "xray", "model": "resnet50"},
     actions.APP_STARTED: {"process": "web", "pid": 41}, actions.APP_STOPPED: {"process": "web"},
+    actions.DICOM_RECEIVED: {"instances": 20, "studies": 1},
 }
 
 
