@@ -79,13 +79,15 @@ def patient_part(header: pydicom.Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def keep(data: bytes, calling_ae: str, limits: Limits, keep_patient: bool) -> Received:
+def keep(data: bytes, calling_ae: str, limits: Limits, keep_patient: bool,
+         modalities: frozenset[str]) -> Received:
     """Store one received instance (its whole Part 10 bytes); ``Refused`` when it cannot
     be read or its study would outgrow the limits. Instances of a study whose analysis
-    started are not kept: each study is analysed once. Commits."""
+    started are not kept: each study is analysed once; nor are images of a modality no
+    rule analyses (``modalities``: ct, xray). Commits."""
     dataset = read(data)
     study_uid, modality = str(dataset.StudyInstanceUID), modality_key(dataset.get("Modality"))
-    if modality is None or "PixelData" not in dataset:
+    if modality not in modalities or "PixelData" not in dataset:
         return Received(False, study_uid)
     arrival = arrival_for(study_uid, modality, calling_ae, dataset if keep_patient else None)
     if (arrival.study_id is not None  # analysed (or being analysed) once already

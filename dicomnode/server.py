@@ -67,13 +67,14 @@ def make_ae(settings: NodeSettings) -> AE:
 def handlers(app, settings: NodeSettings, limits: Limits) -> list:
     counts = Counts()
     keep_patient = settings.destination is not None
+    modalities = frozenset(rule.modality for rule in settings.rules)
 
     def on_store(event):
         calling = event.assoc.requestor.ae_title
         try:
             data = event.encoded_dataset(include_meta=True)
             with app.app_context():
-                received = keep(data, calling, limits, keep_patient)
+                received = keep(data, calling, limits, keep_patient, modalities)
         except Refused as refused:
             log.warning("C-STORE from %s refused: %s", calling, refused.message)
             return refused.status

@@ -11,12 +11,12 @@ from __future__ import annotations
 import io
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exists, select, update
 
 from audit import actions, trail
 from extensions import db
 from studies.intake import StudyFile
-from studies.models import utcnow_naive
+from studies.models import Study, utcnow_naive
 from studies.ordering import order_files
 from pacs.fetch import header_only
 from studies.store import create_study, new_study_id
@@ -85,6 +85,20 @@ def start(study_id: str, arrival: NodeArrival, model: str, explain: bool,
                            .where(NodeInstance.study_uid == arrival.study_uid))
     create_study(study_id, arrival.modality, model, explain, ordered, warnings,
                  source=SOURCE, study_uid=arrival.study_uid)  # commits
+
+
+def forget_purged() -> int:
+    """Arrivals whose study was deleted or purged at the end of its retention: nothing
+    of them stays (a study sent again after that is a new one)."""
+    gone = list(db.session.scalars(
+        select(NodeArrival.study_uid).where(
+            NodeArrival.study_id.is_not(None),
+            ~exists().where(Study.id == NodeArrival.study_id))))
+    if gone:
+        db.session.execute(delete(NodeInstance).where(NodeInstance.study_uid.in_(gone)))
+        db.session.execute(delete(NodeArrival).where(NodeArrival.study_uid.in_(gone)))
+    db.session.commit()
+    return len(gone)
 
 
 def patient_of(study_uid: str):

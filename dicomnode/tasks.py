@@ -12,7 +12,7 @@ from settings import settings_of
 from studies import store
 
 from .results import CStoreDestination, NodeSource
-from .start import SOURCE, start_stable
+from .start import SOURCE, forget_purged, start_stable
 
 log = logging.getLogger(__name__)
 NODE = (SOURCE,)
@@ -79,6 +79,7 @@ def register_node_tasks(queue, app, pacs_hooks, run_study: Callable[[str], objec
     def sweep() -> int:
         """Start stable studies; queue again the reports whose time came."""
         with app.app_context():
+            forget_purged()
             started = start_stable(settings_of(app).node)
             due = (writeback.reserve_due(settings_of(app).pacs, sources=NODE)
                    if writes_results(settings_of(app)) else [])

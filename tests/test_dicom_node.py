@@ -63,6 +63,8 @@ def one_study(series, study_uid: str | None = None) -> list[tuple[str, bytes]]:
         ds = pydicom.dcmread(io.BytesIO(data))
         ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = study_uid, "20261204", "101500"
         ds.AccessionNumber = "ACC-55"
+        if "SeriesInstanceUID" not in ds:
+            ds.SeriesInstanceUID = generate_uid()
         files.append((name, to_bytes(ds)))
     return files
 
@@ -237,3 +239,34 @@ def test_orthanc_sends_a_study_and_gets_the_report_back(app_factory, tiny_model_
     series = rest.get(f"{orthanc.url}/studies/{orthanc_id['ID']}/series", timeout=30).json()
     modalities = sorted(s["MainDicomTags"].get("Modality") for s in series)
     assert modalities == ["CT", "SR"]
+
+
+def test_images_no_rule_analyses_are_taken_and_not_kept(app_factory, tiny_model_dir,
+                                                        tmp_path):
+    import numpy as np
+
+    from .dicom_factory import xray_file
+
+    app = node_app(app_factory, tiny_model_dir)  # ct:vgg16 only
+    xray = one_study([("XR1.dcm", xray_file(np.full((64, 64), 900, dtype=np.uint16)))])
+    with listening(app) as port:
+        assert storescu(port, files_of(tmp_path, xray)).returncode == 0
+    with app.app_context():
+        assert db.session.scalars(select(NodeArrival)).all() == []
+
+
+def test_a_purged_study_leaves_nothing_in_the_node(app_factory, tiny_model_dir, tmp_path):
+    from studies import store
+
+    app = node_app(app_factory, tiny_model_dir)
+    paths = files_of(tmp_path, one_study(ct_series(2, prefix="P")))
+    with listening(app) as port:
+        storescu(port, paths)
+        analyse_when_stable(app)
+    (study,) = node_studies(app)
+    with app.app_context():
+        assert db.session.scalars(select(NodeArrival)).all() != []
+        store.delete_study(study.id)
+    analyse_when_stable(app, settle_s=0)
+    with app.app_context():
+        assert db.session.scalars(select(NodeArrival)).all() == []
