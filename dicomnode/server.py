@@ -109,6 +109,8 @@ def serve(app, settings: NodeSettings, limits: Limits, block: bool = True):
         raise ValueError("Set DICOM_ALLOWED_CALLERS (the calling AE titles of the "
                          "modalities and routers that may send): the node lets no one "
                          "in otherwise.")
+    if not log.isEnabledFor(logging.DEBUG):  # a line per C-STORE otherwise
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     ae = make_ae(settings)
     log.info("DICOM node %s listening on %s:%d for %s", settings.ae_title, settings.bind,
              settings.port, ", ".join(settings.allowed_callers))

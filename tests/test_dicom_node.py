@@ -180,6 +180,21 @@ def test_broken_data_sets_and_a_study_over_the_limit_are_refused_alone(app_facto
         assert db.session.get(NodeArrival, str(good[0].StudyInstanceUID)).images == 3
 
 
+def test_a_database_that_cannot_take_an_instance_is_a_processing_failure(app_factory,
+                                                                        tiny_model_dir):
+    import sqlite3
+
+    app = node_app(app_factory, tiny_model_dir)
+    good = [pydicom.dcmread(io.BytesIO(data)) for _, data in one_study(ct_series(2))]
+    with listening(app) as port:
+        assert send_with_pynetdicom(port, good[:1]) == [0x0000]
+        database = sqlite3.connect(app.config["SQLALCHEMY_DATABASE_URI"]
+                                   .removeprefix("sqlite:///"))
+        database.execute("DROP TABLE node_instances")
+        database.close()
+        assert send_with_pynetdicom(port, good[1:]) == [0x0110]
+
+
 def test_associations_beyond_the_limit_are_refused_as_busy(app_factory, tiny_model_dir):
     app = node_app(app_factory, tiny_model_dir, DICOM_MAX_ASSOCIATIONS=2)
     with listening(app) as port:
