@@ -20,6 +20,8 @@ import warnings
 
 import numpy as np
 
+from .anatomy import KEYWORDS as ANATOMY_KEYWORDS
+from .anatomy import body_part
 from .errors import UnsupportedImage, UnusableImage
 from .image import DecodedImage, check_size, gray_to_rgb, stretch_to_uint8
 
@@ -39,7 +41,7 @@ READ_KEYWORDS = [
     "BluePaletteColorLookupTableDescriptor", "RedPaletteColorLookupTableData",
     "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
     "SegmentedRedPaletteColorLookupTableData", "SegmentedGreenPaletteColorLookupTableData",
-    "SegmentedBluePaletteColorLookupTableData",
+    "SegmentedBluePaletteColorLookupTableData", *ANATOMY_KEYWORDS,
 ]
 
 
@@ -79,7 +81,7 @@ def decode_dicom(data: bytes, max_pixels: int, frame: int | None = None) -> Deco
     else:
         rgb = gray_to_rgb(display_gray(dataset, pixels, modality))
     return DecodedImage(np.ascontiguousarray(rgb), "DICOM", warnings=notes,
-                        dicom_modality=modality)
+                        dicom_modality=modality, body_part=body_part(dataset))
 
 
 def _read(data: bytes):

@@ -22,6 +22,7 @@ class DecodedImage:
     source_format: str  # "PNG", "JPEG", ..., "DICOM"
     warnings: list[str] = field(default_factory=list)
     dicom_modality: str | None = None  # CT, CR, DX... when the upload was DICOM
+    body_part: str | None = None  # what a DICOM file says it shows (inference/anatomy.py)
 
 
 def check_size(width: int, height: int, max_pixels: int) -> None:

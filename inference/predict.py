@@ -9,10 +9,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import ood
+from .anatomy import anatomy_warning
 from .cache import LoadedModel, ModelCache
 from .cards import ModelCard, check_output_width
 from .errors import ModelUnavailable
-from .explain import ExplainError, explain
+from .explain import ExplainError, explain_with_map
 from .image import DecodedImage
 from .preprocess import model_input
 from .registry import MODALITIES, ModelEntry, modality_of_dicom, select_entries
@@ -41,6 +42,7 @@ class ModelResult:
     inference_ms: float
     threshold: float = 0.5
     heatmap_png: str | None = None
+    heatmap_map: np.ndarray | None = field(default=None, repr=False, compare=False)  # 0..1
     explain_ms: float | None = None
     ood_distance: float | None = None  # from the training images' features (no 2nd pass)
     ood_threshold: float | None = None  # beyond it the answer carries a warning
@@ -48,6 +50,7 @@ class ModelResult:
 
     def to_json(self) -> dict:
         data = asdict(self)
+        data.pop("heatmap_map")  # the PNG shows it; the PACS write-back reads the store
         return {k: v for k, v in data.items() if v is not None}
 
 
@@ -173,8 +176,9 @@ def image_warnings(decoded: DecodedImage, modality: str, chosen: list[ModelEntry
     """What to tell about an image before any model runs: decoding notes, a DICOM of
     another modality, and an image that does not look like a chest image."""
     largest_input = max((e.card.input_size for e in chosen), key=lambda size: size[0] * size[1])
+    anatomy = anatomy_warning(decoded.body_part)
     return (list(decoded.warnings) + modality_warnings(decoded, modality)
-            + sanity_warnings(decoded, modality, largest_input))
+            + ([anatomy] if anatomy else []) + sanity_warnings(decoded, modality, largest_input))
 
 
 def add_heatmap(result: ModelResult, loaded: LoadedModel, decoded: DecodedImage,
@@ -183,7 +187,8 @@ def add_heatmap(result: ModelResult, loaded: LoadedModel, decoded: DecodedImage,
     one); a model that cannot be explained still answers."""
 
     try:
-        result.heatmap_png, result.explain_ms = explain(loaded, decoded, features)
+        result.heatmap_png, result.heatmap_map, result.explain_ms = explain_with_map(
+            loaded, decoded, features)
     except ExplainError as exc:
         log.warning("no heatmap for %s: %s", loaded.entry.display_name, exc)
         warnings.append(f"No heatmap for {loaded.entry.display_name}: {exc}.")

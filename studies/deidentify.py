@@ -22,7 +22,7 @@ from .intake import DICOM_READ_ERRORS, DICOM_SUFFIXES
 KEPT_KEYWORDS = frozenset({
     "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
     "SeriesInstanceUID", "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient",
-    "SliceLocation", "SliceThickness", "Modality", "BodyPartExamined",
+    "SliceLocation", "SliceThickness", "Modality", "BodyPartExamined", "AnatomicRegionSequence",
 })
 PIXEL_GROUPS = (0x0028, 0x7FE0)  # image pixel, palette, rescale, window, VOI; pixel data
 KEPT_META = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")

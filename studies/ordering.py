@@ -18,6 +18,8 @@ import secrets
 import warnings
 from dataclasses import dataclass
 
+from inference.anatomy import KEYWORDS as ANATOMY_KEYWORDS
+from inference.anatomy import anatomy_warning, body_part
 from inference.preprocess import is_dicom
 
 from .intake import (DICOM_READ_ERRORS, DICOM_SUFFIXES, StudyFile, dicom_header,
@@ -25,7 +27,7 @@ from .intake import (DICOM_READ_ERRORS, DICOM_SUFFIXES, StudyFile, dicom_header,
 
 HEADER_KEYWORDS = ["SeriesInstanceUID", "StudyInstanceUID", "InstanceNumber",
                    "ImagePositionPatient", "ImageOrientationPatient", "Modality",
-                   "PatientID", "PatientName"]
+                   "PatientID", "PatientName", *ANATOMY_KEYWORDS]
 UID_CHARS = 64
 
 
@@ -47,6 +49,7 @@ class _Header:
     position: float | None
     modality: str | None
     patient: tuple[bytes | None, bytes | None]  # keyed digests of PatientID, PatientName
+    body_part: str | None  # what the file says it shows
 
 
 def order_files(files: list[StudyFile]) -> tuple[list[OrderedFile], list[str]]:
@@ -108,7 +111,7 @@ def _read_header(file: StudyFile, key: bytes) -> _Header | None:
                 instance_number=_instance_number(dataset),
                 position=_position(dataset),
                 modality=_modality(_text(dataset, "Modality")),
-                patient=patient)
+                patient=patient, body_part=body_part(dataset))
     except DICOM_READ_ERRORS:
         return None
 
@@ -195,4 +198,9 @@ def _warnings(headers: list[_Header], series_count: int, rasters: int) -> list[s
     if len(modalities) > 1:
         named = ", ".join(modalities[:-1]) + " and " + modalities[-1]
         notes.append(f"The DICOM files are of different modalities: {named}.")
+    elsewhere = [h.body_part for h in headers if anatomy_warning(h.body_part)]
+    if elsewhere:
+        named = ", ".join(dict.fromkeys(elsewhere))
+        notes.append(f"{len(elsewhere)} of {len(headers)} DICOM files say they show "
+                     f"{named}, not the chest: the models read chest images only.")
     return notes

@@ -165,7 +165,8 @@ def test_only_the_header_attributes_needed_are_parsed(monkeypatch):
     assert calls[0]["stop_before_pixels"] is True
     assert set(calls[0]["specific_tags"]) == {
         "SeriesInstanceUID", "StudyInstanceUID", "InstanceNumber", "ImagePositionPatient",
-        "ImageOrientationPatient", "Modality", "PatientID", "PatientName"}
+        "ImageOrientationPatient", "Modality", "PatientID", "PatientName", "BodyPartExamined",
+        "AnatomicRegionSequence"}
 
 
 def test_other_images_keep_upload_order_after_the_series_with_a_warning():
