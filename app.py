@@ -18,7 +18,7 @@ from flask import Flask
 import audit.models  # noqa: F401 - registers the tables
 import auth.models  # noqa: F401 - registers the tables
 import contact.models  # noqa: F401 - registers the table
-import dicomnode.models  # noqa: F401 - registers the tables
+import pacs.node.models  # noqa: F401 - registers the tables
 import pacs.models  # noqa: F401 - registers the table
 import studies.models  # noqa: F401 - registers the tables
 from audit.cli import audit_cli
@@ -31,8 +31,8 @@ from config import Config, TestingConfig  # noqa: F401 - TestingConfig re-export
 from contact.cli import contact_cli
 from contact.tasks import ContactTasks, register_contact_tasks
 from contact.views import bp as contact_bp
-from dicomnode.cli import dicom_cli
-from dicomnode.tasks import register_node_tasks
+from pacs.node.cli import dicom_cli
+from pacs.node.tasks import register_node_tasks
 from extensions import csrf, db, limiter
 from inference.service import InferenceService
 from jobs.cli import worker_command

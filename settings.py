@@ -15,7 +15,7 @@ from typing import Mapping
 from audit.outbox import ExportSettings, default_source
 from audit.syslog import SyslogTarget
 from auth.settings import AuthSettings, auth_settings
-from dicomnode.settings import Destination, NodeSettings, ae_titles
+from pacs.node.settings import Destination, NodeSettings, ae_titles
 from inference.precision import normalize_precision, normalize_tolerance
 from inference.registry import ModelChoice, parse_model_choices, per_modality
 from inference.runners import DEVICES

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from .server import ROOT
 
-PACKAGES = ("audit", "auth", "contact", "dicomnode", "inference", "jobs", "pacs", "studies",
-            "training", "web")
+PACKAGES = ("audit", "auth", "contact", "inference", "jobs", "pacs", "studies", "training",
+            "web")
 TOP_LEVEL = ("app", "config", "extensions", "settings")
 MAX_MODULE_LINES = 300
 MAX_FUNCTION_LINES = 50
@@ -111,8 +111,8 @@ def test_extensions_and_the_queue_import_no_domain():
 def test_no_domain_imports_the_web_edge_or_the_factory():
     graph = import_graph()
     for module, targets in graph.items():
-        if module.split(".")[0] in ("auth", "contact", "dicomnode", "inference", "jobs", "pacs",
-                                    "studies", "training", "settings", "extensions"):
+        if module.split(".")[0] in ("auth", "contact", "inference", "jobs", "pacs", "studies",
+                                    "training", "settings", "extensions"):
             upward = {t for t in targets if t == "app" or t.split(".")[0] == "web"}
             assert not upward, module
 

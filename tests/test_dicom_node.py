@@ -18,8 +18,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from sqlalchemy import select
 
-from dicomnode.models import NodeArrival, NodeInstance
-from dicomnode.server import serve
+from pacs.node.models import NodeArrival, NodeInstance
+from pacs.node.server import serve
 from extensions import db
 from settings import settings_of
 from studies.models import Study
