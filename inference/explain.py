@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import threading
 import time
 import weakref
@@ -255,14 +256,37 @@ def class_activation_map(loaded, decoded: DecodedImage,
     return cams[0]
 
 
-def explain(loaded, decoded: DecodedImage, features: np.ndarray | None = None
-            ) -> tuple[str, float]:
-    """Grad-CAM of one loaded model on one upload: (base64 PNG, milliseconds).
+def explain_with_map(loaded, decoded: DecodedImage, features: np.ndarray | None = None
+                     ) -> tuple[str, np.ndarray, float]:
+    """Grad-CAM of one loaded model on one upload: (base64 PNG, the 0..1 map the PNG
+    shows, milliseconds); the map is kept for writers that encode values, not colours.
 
     The time covers what the heatmap adds to the request: the gradient, the overlay
     and the PNG encoding (and, without ``features``, a second forward pass).
     """
     started = time.perf_counter()
-    cam = class_activation_map(loaded, decoded, features)
+    cam = normalise(class_activation_map(loaded, decoded, features))
     heatmap = png_base64(overlay(decoded.pixels, cam))
-    return heatmap, round((time.perf_counter() - started) * 1000, 2)
+    return heatmap, cam, round((time.perf_counter() - started) * 1000, 2)
+
+
+def explain(loaded, decoded: DecodedImage, features: np.ndarray | None = None
+            ) -> tuple[str, float]:
+    """Grad-CAM of one loaded model on one upload: (base64 PNG, milliseconds)."""
+    heatmap, _, elapsed = explain_with_map(loaded, decoded, features)
+    return heatmap, elapsed
+
+
+def map_bytes(cam: np.ndarray) -> bytes:
+    """A map as stored: float32 ``.npy`` (shape and type travel with the values)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(cam, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def map_from_bytes(data: bytes) -> np.ndarray:
+    """A stored map back as a 2-D float32 array (never unpickles)."""
+    cam = np.load(io.BytesIO(data), allow_pickle=False)
+    if cam.ndim != 2:
+        raise ExplainError("a stored heatmap is not a 2-D map")
+    return cam.astype(np.float32, copy=False)

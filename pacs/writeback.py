@@ -3,8 +3,9 @@ from the database rather than from the queue.
 
 A PACS study is marked when it starts running, and reserved again once it finished
 (``write_after`` = now + a lease) before its ``pacs_write_back`` job is queued. The job
-writes a Structured Report (and, with heatmaps, Secondary Captures) into new series of
-the same PACS study and records the outcome: ``written``, or one more failed try, the
+writes a Structured Report (and, with heatmaps, the objects PACS_HEATMAP_FORMAT names:
+Parametric Maps, Segmentations or Secondary Captures) into new series of the same PACS
+study and records the outcome: ``written``, or one more failed try, the
 failure in words and the time of the next try (doubling back-off). Workers'
 housekeeping (``reserve_due``) queues again every study whose time came (a failure to
 retry, a lost job, a worker that died mid-write), each reserved by one conditional

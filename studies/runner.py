@@ -20,6 +20,7 @@ from flask import current_app
 
 from inference.errors import (InvalidRequest, ModelUnavailable, ServiceError,
                               UnsupportedImage, UnusableImage)
+from inference.explain import map_bytes
 from inference.predict import (COVID, add_heatmap, add_ood_check, combine, image_warnings,
                                run_prepared)
 from inference.preprocess import decode_image, model_input
@@ -166,7 +167,8 @@ class StudyRun:
                     add_heatmap(result, loaded, item.decoded, outcome.warnings, features)
                     if result.heatmap_png:
                         outcome.heatmaps[architecture] = base64.b64decode(result.heatmap_png)
-                        result.heatmap_png = None
+                        outcome.cams[architecture] = map_bytes(result.heatmap_map)
+                        result.heatmap_png = result.heatmap_map = None
                 outcome.results.append(result)
         for item in good:
             summarise(outcomes[item.index])

@@ -42,7 +42,8 @@ def pacs_app(tmp_path, tiny_model_dir, instance_path, orthanc):
     from app import create_app
 
     app = create_app(testing_config(tmp_path, MODEL_DIR=str(tiny_model_dir),
-                                    EMBEDDED_WORKER=True, DICOMWEB_URL=orthanc.dicomweb_url))
+                                    EMBEDDED_WORKER=True, DICOMWEB_URL=orthanc.dicomweb_url,
+                                    PACS_HEATMAP_FORMAT="sc"))  # test_pacs_overlays: the others
     yield app
     app.extensions["job_queue"].stop_embedded_worker()
 
