@@ -42,10 +42,11 @@ class ProfileError(ValueError):
 class FeatureProfile:
     mean: np.ndarray  # (d,) mean pooled feature vector of the fitted images
     whitening: np.ndarray  # (d, d): distance = |W (x - mean)|
-    threshold: float  # distance at ``percentile`` of the held-out images
+    threshold: float  # set on the held-out images (training/profile.py's conformal rule)
     count: int  # images the mean and covariance were fitted on
     held_out: int  # images the threshold was measured on
     model_sha256: str
+    # At least this share (in %) of new images like the held-out ones is not warned about.
     percentile: float = 99.0
     shrinkage: float = 0.0  # Ledoit-Wolf's, recorded for the curious
 
