@@ -12,8 +12,8 @@ not 1 %). With fewer images than the rate needs, k is n (the largest distance) a
 bound 1 / (n + 1) is what the profile records.
 
 ``train`` writes a profile after training (fitted on the training split, threshold from
-the validation and test splits pooled); ``python -m training profile`` builds one for a model trained
-elsewhere from a copy of its dataset.
+the validation and test splits pooled); ``python -m training profile`` builds one for a
+model trained elsewhere from a copy of its dataset.
 """
 
 from __future__ import annotations
