@@ -50,6 +50,8 @@ PRESENT, ABSENT = codes.SCT.Present, codes.SCT.Absent
 PROBABILITY, THRESHOLD = codes.DCM.Probability, codes.DCM.ThresholdValue
 RATIO = codes.UCUM.Ratio
 IMAGES = Code("{images}", "UCUM", "images")
+MEAN_PROBABILITY = Code("MEANPROB", SCHEME, "Mean COVID-19 probability over the images")
+COMMENT = codes.DCM.Comment
 POSITIVE_IMAGES = Code("POSIMAGES", SCHEME, "Positive images")
 ANALYSED_IMAGES = Code("IMAGES", SCHEME, "Analysed images")
 POSITIVE_SHARE = Code("POSSHARE", SCHEME, "Share of positive images")
@@ -102,8 +104,9 @@ def structured_report(result: StudyResult, evidence: list[pydicom.Dataset | None
     present = [header for header in headers if header is not None]
     if not present:
         raise ValueError("no source instance header: the report needs the study it belongs to")
+    # Only groups about an image region: viewers (OHIF) place every measurement group on
+    # an image, so the study verdict is a qualitative evaluation, not a group.
     groups = _image_groups(result, headers, model_versions, software_version, instance_uid)
-    groups.append(_study_group(result, software_version, instance_uid))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(requested_by),
         procedure_reported=(codes.cid100.CTUnspecifiedBodyRegion if result.modality == "ct"
@@ -158,7 +161,7 @@ def _image_groups(result: StudyResult, headers: list, model_versions: dict[str, 
     groups = []
     for position, image in enumerate(result.images):
         header = headers[position] if position < len(headers) else None
-        where = _Where(_region(header), _sources(header))
+        where = _Where(header)
         title = image_title(position, image)
         for answer in image.results:
             arch = answer["architecture"]
@@ -168,7 +171,9 @@ def _image_groups(result: StudyResult, headers: list, model_versions: dict[str, 
             measurements = [hd.sr.Measurement(PROBABILITY, answer["covid_probability"], RATIO),
                             hd.sr.Measurement(THRESHOLD, answer["threshold"], RATIO)]
             groups.append(_group(instance_uid, f"{title} {arch}", algorithm, measurements,
-                                 answer["label"] == COVID, where))
+                                 answer["label"] == COVID, where,
+                                 f"{title} {arch}: COVID-19 probability "
+                                 f"{answer['covid_probability']:.2f}"))
         if len(image.results) > 1 and image.covid_probability is not None:
             algorithm = hd.sr.AlgorithmIdentification(
                 name=f"{SOFTWARE_NAME} ensemble", version=software_version,
@@ -176,7 +181,9 @@ def _image_groups(result: StudyResult, headers: list, model_versions: dict[str, 
                     r["architecture"] for r in image.results)])
             measurements = [hd.sr.Measurement(PROBABILITY, image.covid_probability, RATIO)]
             groups.append(_group(instance_uid, f"{title} combined", algorithm, measurements,
-                                 bool(image.positive), where))
+                                 bool(image.positive), where,
+                                 f"{title} combined: COVID-19 probability "
+                                 f"{image.covid_probability:.2f}"))
     return groups
 
 
@@ -184,8 +191,8 @@ class _Where:
     """What a group is about: an image region (TID 1410) or, failing a header that
     gives the image's size, the source image alone (TID 1501)."""
 
-    def __init__(self, region: hd.sr.ImageRegion | None, sources: list | None):
-        self.region, self.sources = region, sources
+    def __init__(self, header: pydicom.Dataset | None):
+        self.header, self.region, self.sources = header, _region(header), _sources(header)
 
 
 def _sources(header: pydicom.Dataset | None) -> list | None:
@@ -196,24 +203,48 @@ def _sources(header: pydicom.Dataset | None) -> list | None:
         referenced_sop_instance_uid=header.SOPInstanceUID)]
 
 
-def _region(header: pydicom.Dataset | None) -> hd.sr.ImageRegion | None:
+def _outline(header: pydicom.Dataset | None) -> np.ndarray | None:
     """The whole image the model looked at, as a closed outline in pixel coordinates
-    (column, row), on the source instance."""
+    (column, row); None without a header that gives the image's size."""
     rows, columns = (getattr(header, "Rows", None), getattr(header, "Columns", None)
                      ) if header is not None else (None, None)
     if not rows or not columns:
         return None
-    outline = np.array([[0.5, 0.5], [columns - 0.5, 0.5], [columns - 0.5, rows - 0.5],
-                        [0.5, rows - 0.5], [0.5, 0.5]], dtype=float)
-    return hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline,
-        source_image=hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=header.SOPClassUID,
-            referenced_sop_instance_uid=header.SOPInstanceUID))
+    return np.array([[0.5, 0.5], [columns - 0.5, 0.5], [columns - 0.5, rows - 0.5],
+                     [0.5, rows - 0.5], [0.5, 0.5]], dtype=float)
+
+
+def _on_image(header: pydicom.Dataset) -> hd.sr.SourceImageForRegion:
+    return hd.sr.SourceImageForRegion(referenced_sop_class_uid=header.SOPClassUID,
+                                      referenced_sop_instance_uid=header.SOPInstanceUID)
+
+
+def _region(header: pydicom.Dataset | None) -> hd.sr.ImageRegion | None:
+    outline = _outline(header)
+    if outline is None:
+        return None
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                             graphic_data=outline, source_image=_on_image(header))
+
+
+def _place_number(group, header: pydicom.Dataset | None) -> None:
+    """Give the probability NUM the image region as a SCOORD child (INFERRED FROM):
+    viewers (OHIF) place a number by the coordinates of the number itself. highdicom
+    refuses coordinates on a TID 1410 group's NUM, so the child is added afterwards."""
+    outline = _outline(header)
+    if outline is None:
+        return
+    for item in group[0].ContentSequence:
+        if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == \
+                PROBABILITY.value:
+            item.ContentSequence = hd.sr.ContentSequence([hd.sr.CoordinatesForMeasurement(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline,
+                source_image=_on_image(header))])
+            return
 
 
 def _group(instance_uid: str, title: str, algorithm, measurements: list, positive: bool,
-           where: _Where | None):
+           where: _Where, comment: str):
     """A TID 1410 group on the image region (TID 1501 without one) whose tracking UID
     follows from the report's own UID, so a report written twice is the same document."""
     common = dict(
@@ -222,44 +253,36 @@ def _group(instance_uid: str, title: str, algorithm, measurements: list, positiv
         finding_type=COVID19, algorithm_id=algorithm, measurements=measurements,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
             COVID19, PRESENT if positive else ABSENT)])
-    if where is not None and where.region is not None:
-        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    if where.region is not None:
+        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             referenced_region=where.region, **common)
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        source_images=where.sources if where is not None else None, **common)
-
-
-def _study_group(result: StudyResult, software_version: str, instance_uid: str):
-    """The study verdict with the figures the rule used, over all source images."""
-    verdict = result.verdict
-    parameters = verdict.get("rule_parameters") or {}
-    algorithm = hd.sr.AlgorithmIdentification(
-        name=SOFTWARE_NAME, version=software_version,
-        parameters=["probability: mean over the analysed images",
-                    f"{verdict.get('rule_id', 'rule')}: " + ", ".join(
-                        f"{key}={value}" for key, value in sorted(parameters.items()))])
-    measurements = [
-        # The mean is said in the algorithm's parameters: a derivation would be a CODE
-        # child of the NUM, which viewers skip the NUM for.
-        hd.sr.Measurement(PROBABILITY, verdict["covid_probability"], RATIO),
-        hd.sr.Measurement(POSITIVE_IMAGES, verdict["positive_images"], IMAGES),
-        hd.sr.Measurement(ANALYSED_IMAGES, verdict["total_images"], IMAGES),
-        hd.sr.Measurement(POSITIVE_SHARE, verdict["positive_share"], RATIO)]
-    if result.modality == "ct":
-        measurements.append(hd.sr.Measurement(
-            LONGEST_RUN, verdict["longest_positive_run"], IMAGES))
-    return _group(instance_uid, "Study verdict", algorithm, measurements,
-                  verdict["label"] == COVID, None)
+    else:
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(source_images=where.sources,
+                                                            **common)
+    _place_number(group, where.header)
+    # The line a viewer shows as the measurement's label (OHIF: its Comment).
+    group[0].ContentSequence.append(hd.sr.TextContentItem(
+        name=COMMENT, value=comment, relationship_type=_CONTAINS))
+    return group
 
 
 def _evaluations(result: StudyResult, model_versions: dict[str, str]
                  ) -> hd.sr.ContainerContentItem:
     """TID 1500's Qualitative Evaluations: what has no code, as text a reader sees first."""
     verdict = result.verdict
+    parameters = verdict.get("rule_parameters") or {}
     texts = [(VERDICT_TEXT, f"{verdict['label']}: {verdict['positive_images']} of "
                             f"{verdict['total_images']} images positive, mean COVID "
                             f"probability {verdict['covid_probability']:.3f}"),
-             (RULE_TEXT, verdict["rule"]),
+             (MEAN_PROBABILITY, f"{verdict['covid_probability']:.6f}"),
+             (POSITIVE_IMAGES, str(verdict["positive_images"])),
+             (ANALYSED_IMAGES, str(verdict["total_images"])),
+             (POSITIVE_SHARE, f"{verdict['positive_share']:.6f}"),
+             *([(LONGEST_RUN, str(verdict["longest_positive_run"]))]
+               if result.modality == "ct" else []),
+             (RULE_TEXT, verdict["rule"] + (f" ({verdict.get('rule_id', 'rule')}: " + ", ".join(
+                 f"{key}={value}" for key, value in sorted(parameters.items())) + ")"
+                 if parameters else "")),
              (MODELS_TEXT, "; ".join(
                  f"{m['architecture']}: {model_versions.get(m['architecture']) or 'unknown'}"
                  f" (threshold {m['threshold']:g})" for m in result.models) or "none")]
@@ -271,7 +294,9 @@ def _evaluations(result: StudyResult, model_versions: dict[str, str]
     texts += [(DISCLAIMER_TEXT, result.disclaimer or RESEARCH_WARNING),
               (WARNING_TEXT, RESEARCH_WARNING)]
     container = hd.sr.ContainerContentItem(name=QUALITATIVE, relationship_type=_CONTAINS)
+    finding = hd.sr.CodeContentItem(name=COVID19, value=PRESENT if verdict["label"] == COVID
+                                    else ABSENT, relationship_type=_CONTAINS)
     container.ContentSequence = hd.sr.ContentSequence(
-        [hd.sr.TextContentItem(name=name, value=value, relationship_type=_CONTAINS)
-         for name, value in texts])
+        [finding, *(hd.sr.TextContentItem(name=name, value=value, relationship_type=_CONTAINS)
+                    for name, value in texts)])
     return container

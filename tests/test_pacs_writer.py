@@ -206,27 +206,36 @@ def test_report_holds_every_models_answer_for_every_image(evidence, tmp_path):
             assert outline.min(axis=0).tolist() == [0.5, 0.5]
             assert outline.max(axis=0).tolist() == [evidence[position].Columns - 0.5,
                                                     evidence[position].Rows - 0.5]
+            # What a viewer needs to place and label the number (OHIF): a SCOORD child
+            # of the probability NUM, and a Comment naming the probability.
+            (number,) = [m for m in group.get_measurements() if m.name.value == "122157"]
+            (child,) = number[0].ContentSequence
+            assert child.ValueType == "SCOORD" and child.RelationshipType == "INFERRED FROM"
+            assert texts(group[0], "121106") == [
+                f"{title} {arch}: COVID-19 probability {probability(position, arch):.2f}"]
         if position != FAILED:
             combined = groups.pop(f"{title} combined")
             assert combined.get_measurements()[0].value == \
                 pytest.approx(image["covid_probability"], abs=1e-6)
-    assert list(groups) == ["Study verdict"]
+    assert list(groups) == []  # the verdict is a qualitative evaluation, not a group
 
 
 def test_report_holds_the_verdict_rule_versions_and_warning(evidence, tmp_path):
     view = make_view(evidence)
     sr = reread(make_report(evidence, view))
     sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
-    verdict = groups_by_title(tmp_path / "sr.dcm")["Study verdict"]
-    values = {m.name.value: m.value for m in verdict.get_measurements()}
-    assert values["122157"] == pytest.approx(0.512345, abs=1e-6)
-    assert (values["POSIMAGES"], values["IMAGES"], values["LONGESTRUN"]) == (2, 4, 2)
-    # No NUM has a child item (a derivation CODE makes viewers skip the number).
-    assert all("ContentSequence" not in m[0] for m in verdict.get_measurements())
-    assert verdict.get_qualitative_evaluations()[0].value.meaning == "Present"
+    assert "Study verdict" not in groups_by_title(tmp_path / "sr.dcm")
+    (evaluations,) = [item for item in sr.ContentSequence
+                      if item.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    finding = evaluations.ContentSequence[0]
+    assert finding.ConceptNameCodeSequence[0].CodeValue == "840539006"
+    assert finding.ConceptCodeSequence[0].CodeMeaning == "Present"
+    assert float(texts(sr, "MEANPROB")[0]) == pytest.approx(0.512345, abs=1e-6)
+    assert (texts(sr, "POSIMAGES"), texts(sr, "IMAGES"), texts(sr, "LONGESTRUN")) == (
+        ["2"], ["4"], ["2"])
     assert texts(sr, "VERDICT") == [
         "COVID: 2 of 4 images positive, mean COVID probability 0.512"]
-    assert texts(sr, "RULE") == [RULE]
+    assert texts(sr, "RULE") == [RULE + " (consecutive_or_share: min_run=5, min_share=0.25)"]
     assert texts(sr, "DISCLAIMER") == [DISCLAIMER]
     assert texts(sr, "RESEARCHONLY") == [RESEARCH_WARNING]
     assert texts(sr, "NOTANALYSED") == ["Image 4 (instance 4): undecodable_image"]
