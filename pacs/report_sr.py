@@ -49,7 +49,6 @@ COVID19 = Code("840539006", "SCT", "COVID-19")  # disease caused by SARS-CoV-2
 PRESENT, ABSENT = codes.SCT.Present, codes.SCT.Absent
 PROBABILITY, THRESHOLD = codes.DCM.Probability, codes.DCM.ThresholdValue
 RATIO = codes.UCUM.Ratio
-IMAGES = Code("{images}", "UCUM", "images")
 MEAN_PROBABILITY = Code("MEANPROB", SCHEME, "Mean COVID-19 probability over the images")
 COMMENT = codes.DCM.Comment
 POSITIVE_IMAGES = Code("POSIMAGES", SCHEME, "Positive images")
@@ -188,8 +187,7 @@ def _image_groups(result: StudyResult, headers: list, model_versions: dict[str, 
 
 
 class _Where:
-    """What a group is about: an image region (TID 1410) or, failing a header that
-    gives the image's size, the source image alone (TID 1501)."""
+    """A group's image region (TID 1410), or its source image alone (TID 1501)."""
 
     def __init__(self, header: pydicom.Dataset | None):
         self.header, self.region, self.sources = header, _region(header), _sources(header)

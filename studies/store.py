@@ -30,8 +30,12 @@ MAX_IMAGE_INDEX = 2**31 - 1
 
 
 def new_study_id() -> str:
-    """192 random bits, URL-safe: the only key to a study's results."""
-    return secrets.token_urlsafe(24)
+    """192 random bits, URL-safe: the only key to a study's results. Never starting
+    with "-", so that a command line (`flask pacs write-back ID`) takes it as itself
+    and not as an option."""
+    while (study_id := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return study_id
 
 
 @dataclass

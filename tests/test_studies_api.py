@@ -223,3 +223,11 @@ def test_a_progress_poll_can_leave_the_images_out(client):
     assert "images" not in light and light["progress"] == {"done": 3, "total": 3}
     assert light["verdict"]["total_images"] == 3
     assert len(client.get(url).get_json()["images"]) == 3
+
+
+def test_a_study_id_never_starts_like_a_command_line_option():
+    from studies.store import new_study_id
+
+    ids = [new_study_id() for _ in range(3000)]  # 1 in 64 would start with "-"
+    assert not any(study_id.startswith("-") for study_id in ids)
+    assert {len(study_id) for study_id in ids} == {32} and len(set(ids)) == 3000
