@@ -130,19 +130,13 @@ class Settings:
     node: NodeSettings
 
 
-def heatmap_format(value) -> str:
-    """PACS_HEATMAP_FORMAT, checked at start: a typo would otherwise write nothing."""
-    key = str(value or "").strip().lower()
-    if key not in HEATMAP_FORMATS:
-        raise ValueError(f"PACS_HEATMAP_FORMAT must be one of {', '.join(HEATMAP_FORMATS)}, "
+def one_of(name: str, value, choices, default: str = "") -> str:
+    """A setting that names one of a few choices, checked at start (a typo would
+    otherwise be silently something else)."""
+    key = str(value or default).strip().lower()
+    if key not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, "
                          f"not {str(value)[:20]!r}")
-    return key
-
-
-def device(value) -> str:
-    key = str(value or "cpu").strip().lower()
-    if key not in DEVICES:
-        raise ValueError(f"INFERENCE_DEVICE must be one of {', '.join(DEVICES)}")
     return key
 
 
@@ -153,7 +147,7 @@ def inference_settings(config: Mapping) -> InferenceSettings:
         backend=config["INFERENCE_BACKEND"], onnx_cache_dir=config["ONNX_CACHE_DIR"],
         jit_compile=bool(config["INFERENCE_JIT_COMPILE"]),
         concurrency=int(config["INFERENCE_CONCURRENCY"]),
-        device=device(config["INFERENCE_DEVICE"]),
+        device=one_of("INFERENCE_DEVICE", config["INFERENCE_DEVICE"], DEVICES, "cpu"),
         precision=normalize_precision(config["INFERENCE_PRECISION"]),
         fp16_tolerance=normalize_tolerance(config["FP16_TOLERANCE"]),
         prepare=bool(config["PREPARE_MODELS"]), warm=str(config["WARM_MODELS"] or ""))
@@ -190,7 +184,8 @@ def pacs_settings(config: Mapping, environ: Mapping) -> PacsConfig:
         stable_s=float(config["PACS_STABLE_S"]),
         arrival_retry_s=float(config["PACS_ARRIVAL_RETRY_S"]),
         arrival_retry_max_s=float(config["PACS_ARRIVAL_RETRY_MAX_S"]),
-        heatmap_format=heatmap_format(config["PACS_HEATMAP_FORMAT"]))
+        heatmap_format=one_of("PACS_HEATMAP_FORMAT", config["PACS_HEATMAP_FORMAT"],
+                              HEATMAP_FORMATS))
 
 
 def mail_settings(config: Mapping) -> MailSettings:

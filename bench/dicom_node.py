@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from bench.study_workload import ct_slice  # noqa: E402
 from tests.dicom_factory import hu_phantom  # noqa: E402
 from tests.redis_server import free_port  # noqa: E402
 from tests.server import start_server  # noqa: E402
+from tests.waiting import listening, wait_until_up  # noqa: E402
 
 
 def write_series(folder: Path, slices: int, seed: int) -> list[str]:
@@ -48,17 +48,6 @@ def write_series(folder: Path, slices: int, seed: int) -> list[str]:
         (folder / f"{number:04d}.dcm").write_bytes(
             ct_slice(base + rng.normal(0, 20, base.shape), number, study_uid, series_uid))
     return sorted(str(path) for path in folder.iterdir())
-
-
-def wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def one_run(root: Path, node_port: int, received: Path, slices: int, seed: int) -> dict:
@@ -104,7 +93,7 @@ def main() -> None:
     node = subprocess.Popen([sys.executable, "-m", "flask", "--app", "app", "dicom",
                              "listen"], cwd=ROOT, env=node_env)
     try:
-        wait_for_port(node_port)
+        wait_until_up(lambda: listening(node_port), node, "flask dicom listen", timeout=60)
         requests.get(server.url + "/healthz", timeout=10)  # starts the embedded worker
         warm = one_run(root, node_port, received, 4, seed=99)
         runs = [one_run(root, node_port, received, args.slices, seed=i)

@@ -160,7 +160,6 @@ def _image_groups(result: StudyResult, headers: list, model_versions: dict[str, 
     groups = []
     for position, image in enumerate(result.images):
         header = headers[position] if position < len(headers) else None
-        where = _Where(header)
         title = image_title(position, image)
         for answer in image.results:
             arch = answer["architecture"]
@@ -170,7 +169,7 @@ def _image_groups(result: StudyResult, headers: list, model_versions: dict[str, 
             measurements = [hd.sr.Measurement(PROBABILITY, answer["covid_probability"], RATIO),
                             hd.sr.Measurement(THRESHOLD, answer["threshold"], RATIO)]
             groups.append(_group(instance_uid, f"{title} {arch}", algorithm, measurements,
-                                 answer["label"] == COVID, where,
+                                 answer["label"] == COVID, header,
                                  f"{title} {arch}: COVID-19 probability "
                                  f"{answer['covid_probability']:.2f}"))
         if len(image.results) > 1 and image.covid_probability is not None:
@@ -180,17 +179,10 @@ def _image_groups(result: StudyResult, headers: list, model_versions: dict[str, 
                     r["architecture"] for r in image.results)])
             measurements = [hd.sr.Measurement(PROBABILITY, image.covid_probability, RATIO)]
             groups.append(_group(instance_uid, f"{title} combined", algorithm, measurements,
-                                 bool(image.positive), where,
+                                 bool(image.positive), header,
                                  f"{title} combined: COVID-19 probability "
                                  f"{image.covid_probability:.2f}"))
     return groups
-
-
-class _Where:
-    """A group's image region (TID 1410), or its source image alone (TID 1501)."""
-
-    def __init__(self, header: pydicom.Dataset | None):
-        self.header, self.region, self.sources = header, _region(header), _sources(header)
 
 
 def _sources(header: pydicom.Dataset | None) -> list | None:
@@ -242,7 +234,7 @@ def _place_number(group, header: pydicom.Dataset | None) -> None:
 
 
 def _group(instance_uid: str, title: str, algorithm, measurements: list, positive: bool,
-           where: _Where, comment: str):
+           header: pydicom.Dataset | None, comment: str):
     """A TID 1410 group on the image region (TID 1501 without one) whose tracking UID
     follows from the report's own UID, so a report written twice is the same document."""
     common = dict(
@@ -251,13 +243,14 @@ def _group(instance_uid: str, title: str, algorithm, measurements: list, positiv
         finding_type=COVID19, algorithm_id=algorithm, measurements=measurements,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
             COVID19, PRESENT if positive else ABSENT)])
-    if where.region is not None:
+    region = _region(header)
+    if region is not None:
         group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            referenced_region=where.region, **common)
+            referenced_region=region, **common)
     else:
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(source_images=where.sources,
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(source_images=_sources(header),
                                                             **common)
-    _place_number(group, where.header)
+    _place_number(group, header)
     # The line a viewer shows as the measurement's label (OHIF: its Comment).
     group[0].ContentSequence.append(hd.sr.TextContentItem(
         name=COMMENT, value=comment, relationship_type=_CONTAINS))

@@ -16,14 +16,13 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import requests
 
 from .redis_server import free_port
+from .waiting import answering, wait_until_up
 
 OHIF_VERSION = "3.12.10"
 DIST = Path(__file__).resolve().parent / "ohif" / "dist"
@@ -138,17 +137,12 @@ class OhifViewer:
                 [NGINX, "-p", str(self.folder), "-e", str(self.error_log),
                  "-c", str(self.config_path)],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{self.url}/", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"nginx did not start:\n{self.log_text()[-3000:]}")
-            time.sleep(0.1)
+        try:
+            wait_until_up(lambda: answering(f"{self.url}/"), self.process, "nginx",
+                          self.log_text)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.process is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 import requests
 
 from .redis_server import free_port
+from .waiting import answering, wait_until_up
 
 ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -65,17 +65,12 @@ class OrthancServer:
             self.process = subprocess.Popen([ORTHANC, str(self.config_path)], stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True,
                                             cwd=self.folder)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{self.url}/system", auth=self.auth, timeout=1).ok:
-                    return
-            except requests.RequestException:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"Orthanc did not start:\n{self.log_text()[-3000:]}")
-            time.sleep(0.1)
+        try:
+            wait_until_up(lambda: answering(f"{self.url}/system", auth=self.auth),
+                          self.process, "Orthanc", self.log_text)
+        except RuntimeError:
+            self.stop()
+            raise
 
     @property
     def running(self) -> bool:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from .waiting import listening, wait_until_up
 
 REDIS_SERVER = shutil.which("redis-server")
 needs_redis = [pytest.mark.services,
@@ -33,15 +34,7 @@ def redis_server(folder: Path):
          "--appendonly", "no", "--dir", str(folder)],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start (exit {process.poll()})")
-                time.sleep(0.05)
+        wait_until_up(lambda: listening(port), process, "redis-server", timeout=20)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         process.terminate()

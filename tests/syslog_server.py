@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from .redis_server import free_port
+from .waiting import listening, wait_until_up
 
 RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd"
                                          if Path("/usr/sbin/rsyslogd").exists() else None)
@@ -85,16 +85,9 @@ class Rsyslog:
         self.process = subprocess.Popen(
             [RSYSLOGD, "-n", "-f", str(self.config), "-i", str(self.folder / "pid")],
             stdout=(self.folder / "rsyslogd.out").open("ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("rsyslogd did not start: "
-                                       + (self.folder / "rsyslogd.out").read_text())
-                time.sleep(0.05)
+        wait_until_up(lambda: listening(self.port), self.process, "rsyslogd",
+                      lambda: (self.folder / "rsyslogd.out").read_text(), timeout=20)
+        return self
 
     def stop(self) -> None:
         """SIGTERM: rsyslog writes out what it read, then exits."""

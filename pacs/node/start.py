@@ -11,14 +11,15 @@ from __future__ import annotations
 import io
 from datetime import timedelta
 
+import pydicom
 from sqlalchemy import delete, exists, select, update
 
 from audit import actions, trail
 from extensions import db
+from pacs.fetch import header_only
 from studies.intake import StudyFile
 from studies.models import Study, utcnow_naive
 from studies.ordering import order_files
-from pacs.fetch import header_only
 from studies.store import create_study, new_study_id
 
 from .models import NodeArrival, NodeInstance
@@ -103,8 +104,6 @@ def forget_purged() -> int:
 
 def patient_of(study_uid: str):
     """The kept patient and study attributes of a node study (None if none kept)."""
-    import pydicom
-
     data = db.session.scalar(select(NodeArrival.patient)
                              .where(NodeArrival.study_uid == study_uid))
     return pydicom.dcmread(io.BytesIO(data), force=True) if data else None
