@@ -34,11 +34,14 @@ class Config:
     # Where ONNX Runtime runs: cpu, or cuda on a machine with an NVIDIA GPU and
     # onnxruntime-gpu installed in place of onnxruntime (falls back to the CPU, logged).
     INFERENCE_DEVICE = "cpu"
-    # Precision of the ONNX graph: fp32, or fp16 (for GPUs' tensor cores; on the CPU it
-    # runs no faster). A model serves fp16 only when its answers to a probe batch are
-    # within FP16_TOLERANCE of fp32 (largest difference in any probability), else fp32,
-    # with a warning in the log.
-    INFERENCE_PRECISION = "fp32"
+    # Precision of the forward pass. auto: the fastest of ONNX Runtime fp32 and OpenVINO
+    # fp32/bf16/int8 (int8 after `flask models quantize`) that this CPU runs, measured
+    # once per model and CPU in the background, whose answers to a probe set are within
+    # PRECISION_TOLERANCE of fp32 with no label flipped. bf16 / int8: that one when it
+    # agrees so, else fp32. fp16: an ONNX graph for GPUs' tensor cores (no faster on a
+    # CPU), within FP16_TOLERANCE. fp32: ONNX Runtime fp32 always. Refusals are logged.
+    INFERENCE_PRECISION = "auto"
+    PRECISION_TOLERANCE = 0.02
     FP16_TOLERANCE = 0.01
     INFERENCE_JIT_COMPILE = False  # XLA for the Keras graph
     INFERENCE_CONCURRENCY = 1  # forward passes at once per process (each uses all threads)
@@ -203,4 +206,5 @@ class TestingConfig(Config):
     RATELIMIT_ENABLED = False
     SECRET_KEY = "test-only-secret"
     PREPARE_MODELS = False  # tests convert explicitly
+    INFERENCE_PRECISION = "fp32"  # tests of other precisions ask for them
     EMBEDDED_WORKER = False  # tests that run studies start a worker themselves

@@ -38,6 +38,7 @@ class InferenceSettings:
     device: str
     precision: str
     fp16_tolerance: float
+    precision_tolerance: float  # bf16, int8 and auto against fp32
     prepare: bool  # convert models in the background as soon as they are seen
     warm: str  # WARM_MODELS: loaded when a worker starts
 
@@ -150,6 +151,8 @@ def inference_settings(config: Mapping) -> InferenceSettings:
         device=one_of("INFERENCE_DEVICE", config["INFERENCE_DEVICE"], DEVICES, "cpu"),
         precision=normalize_precision(config["INFERENCE_PRECISION"]),
         fp16_tolerance=normalize_tolerance(config["FP16_TOLERANCE"]),
+        precision_tolerance=normalize_tolerance(config["PRECISION_TOLERANCE"],
+                                                "PRECISION_TOLERANCE"),
         prepare=bool(config["PREPARE_MODELS"]), warm=str(config["WARM_MODELS"] or ""))
 
 

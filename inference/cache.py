@@ -17,14 +17,14 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import conversion as converter
-from .batching import MicroBatcher
 from .errors import ModelUnavailable
-from .precision import DEFAULT_TOLERANCE, normalize_precision, normalize_tolerance, serve_fp16
+from .candidates import choice_path_for
+from .loaded import LoadedModel
+from .precision import PrecisionPolicy
 from .registry import ModelEntry
 from .cards import ModelCard, check_output_width
 from .runners import (KerasGraphBackend, ModelLoadError, OnnxBackend, Runner,
@@ -32,77 +32,6 @@ from .runners import (KerasGraphBackend, ModelLoadError, OnnxBackend, Runner,
 from .runtime import release_freed_memory, resident_memory_mb
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class LoadedModel:
-    """A model ready to serve: its runner, and its Keras object (loaded on demand).
-
-    ``run_batch`` is what prediction calls; ``keras_model`` is what a heatmap's head
-    needs, whichever runner serves.
-    """
-
-    entry: ModelEntry
-    runner: Runner
-    loader: str | None  # "keras" or "tf_keras"; None until the Keras object is loaded
-    load_ms: float
-    memory_mb: float
-    gate: threading.Semaphore = field(default_factory=lambda: threading.BoundedSemaphore(1))
-    threads: int = 0
-    conversion: converter.ConversionReport | None = None
-    card_error: str | None = None  # the card does not fit this model's output
-    declined_onnx: object = None  # a conversion auto found slower: not reopened
-    _keras_model: object = None
-    _keras_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self):
-        self.batcher = MicroBatcher(lambda batch: self.runner.run(batch), self.gate)
-
-    @property
-    def card(self) -> ModelCard:
-        return self.entry.card
-
-    @property
-    def backend_name(self) -> str:
-        return self.runner.name
-
-    def run_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Model outputs for a preprocessed ``(n, h, w, 3)`` float32 batch."""
-        return self.batcher(batch)[0]
-
-    def run_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Outputs and the last feature map (None when the runner has none)."""
-        return self.batcher(batch)
-
-    @property
-    def keras_model(self):
-        """The Keras model, read from the ``.h5`` the first time it is needed."""
-        if self._keras_model is None:
-            with self._keras_lock:
-                if self._keras_model is None:
-                    before = resident_memory_mb()
-                    model, self.loader = load_keras_model(self.entry.path, self.threads)
-                    self.memory_mb += max(0.0, resident_memory_mb() - before)
-                    self._keras_model = model
-        return self._keras_model
-
-    def use_runner(self, runner: Runner, conversion=None) -> None:
-        """Switch what serves (an attribute swap: requests in flight finish on the old)."""
-        self.runner = runner
-        if conversion is not None:
-            self.conversion = conversion
-
-    def describe(self) -> dict:
-        data = {"backend": self.runner.name, "load_ms": round(self.load_ms, 1),
-                "memory_mb": round(self.memory_mb, 1), "loader": self.loader}
-        if self.conversion is not None:
-            data["conversion"] = {"keras_ms": self.conversion.keras_ms,
-                                  "onnx_ms": self.conversion.onnx_ms,
-                                  "max_abs_diff": self.conversion.max_abs_diff}
-        data["precision"] = getattr(self.runner, "precision", "fp32")
-        if getattr(self.runner, "fp16_max_difference", None) is not None:
-            data["fp16_max_difference"] = self.runner.fp16_max_difference
-        return data
 
 
 def _probe(runner: Runner, card: ModelCard) -> int:
@@ -121,16 +50,15 @@ class ModelCache:
 
     def __init__(self, max_loaded: int = 4, threads: int = 0, backend: str = "auto",
                  onnx_cache_dir: str | None = None, jit_compile: bool = False,
-                 concurrency: int = 1, device: str = "cpu", precision: str = "fp32",
-                 fp16_tolerance: float = DEFAULT_TOLERANCE):
+                 concurrency: int = 1, device: str = "cpu",
+                 precision: PrecisionPolicy = PrecisionPolicy()):
         self.max_loaded = max(1, int(max_loaded))
         self.threads = threads
         self.backend = normalize_backend(backend)
         self.onnx_cache_dir = onnx_cache_dir or None
         self.jit_compile = jit_compile
         self.device = device  # where ONNX Runtime runs: cpu or cuda
-        self.precision = normalize_precision(precision)  # of ONNX graphs
-        self.fp16_tolerance = normalize_tolerance(fp16_tolerance)
+        self.precision = precision  # which runner serves each conversion
         self.gate = threading.BoundedSemaphore(max(1, int(concurrency)))
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._locks: dict[tuple, threading.Lock] = {}
@@ -212,9 +140,7 @@ class ModelCache:
         report = converter.report_of(runner)
         if not self._wants_onnx(report):
             return None, None
-        if self.precision == "fp16":
-            runner = serve_fp16(runner, entry, self.fp16_tolerance, self.threads, self.device)
-        return runner, report
+        return self.precision.serve(runner, entry), report
 
     def _load(self, entry: ModelEntry) -> LoadedModel:
         before, started = resident_memory_mb(), time.perf_counter()
@@ -243,22 +169,37 @@ class ModelCache:
                            _keras_model=model)
 
     def _upgrade_to_onnx(self, loaded: LoadedModel) -> None:
-        """Serve with ONNX Runtime once a conversion of this file has appeared."""
-        if isinstance(loaded.runner, OnnxBackend) or not self.uses_onnx:
+        """Serve with ONNX Runtime once a conversion of this file has appeared, and with
+        what this CPU's measurement chose once it has been made (``auto``)."""
+        runner = loaded.runner
+        if getattr(runner, "choice_pending", False):
+            if not self._choice_changed(loaded):
+                return
+        elif not isinstance(runner, KerasGraphBackend) or not self.uses_onnx:
             return
-        path = self.onnx_file(loaded.entry)
-        if path is None or path == loaded.declined_onnx:
+        elif self.onnx_file(loaded.entry) in (None, loaded.declined_onnx):
             return
         with loaded._keras_lock:
-            if isinstance(loaded.runner, OnnxBackend):
+            if loaded.runner is not runner:  # another request upgraded it meanwhile
                 return
-            runner, report = self._open_onnx(loaded.entry)
-            if runner is None:
-                loaded.declined_onnx = path
+            new, report = self._open_onnx(loaded.entry)
+            if new is None:
+                loaded.declined_onnx = self.onnx_file(loaded.entry)
                 return
-            _probe(runner, loaded.card)
-            loaded.use_runner(runner, report)
-            log.info("%s now served with ONNX Runtime", loaded.entry.path.name)
+            _probe(new, loaded.card)
+            loaded.use_runner(new, report)
+            log.info("%s now served with %s %s", loaded.entry.path.name, new.name,
+                     getattr(new, "precision", "fp32"))
+
+    @staticmethod
+    def _choice_changed(loaded: LoadedModel) -> bool:
+        """Whether the measurement file beside the conversion changed since last seen."""
+        try:
+            stamp = choice_path_for(loaded.runner.path).stat().st_mtime_ns
+        except OSError:
+            return False
+        seen, loaded.choice_stamp = loaded.choice_stamp, stamp
+        return stamp != seen
 
     def _drop_stale(self, entry: ModelEntry) -> None:
         """Forget older versions of a file (or card) that was replaced on disk."""

@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 DEFAULT_CLASSES = ("NonCOVID", "COVID")
 PREPROCESSING_CHOICES = ("rescale", "imagenet")
 RESIZE_CHOICES = ("bilinear", "nearest", "bicubic", "area", "lanczos")
@@ -127,3 +129,17 @@ class ModelCard:
             "metrics": self.metrics,
             **self.extra,
         }
+
+
+def covid_probability(output: np.ndarray, card: ModelCard) -> float:
+    """Read one model output row: softmax over the card's classes, or a single sigmoid
+    unit, which is P(classes[1]) as Keras trains it. ValueError when the row does not
+    fit the card."""
+    values = np.asarray(output, dtype=np.float64).ravel()
+    problem = check_output_width(card, values.size)
+    if problem:
+        raise ValueError(problem)
+    if values.size == 1:
+        p_second = float(np.clip(values[0], 0.0, 1.0))
+        return p_second if card.covid_index == 1 else 1.0 - p_second
+    return float(np.clip(values[card.covid_index], 0.0, 1.0))

@@ -12,6 +12,7 @@ the faster one without measuring again at every start.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -237,11 +238,22 @@ def staged(target: Path):
         tmp.unlink(missing_ok=True)
 
 
+# What is made from a model's bytes, beside it: conversions (and their fp16 graphs and
+# leftover temporary files), failure notes, INT8 graphs and precision measurements.
+DERIVED_PATTERNS = (".*.onnx", ".*.failed", ".*.int8.xml", ".*.int8.bin", ".*.precision.json")
+
+
+def derived_files(model_path: Path, folder: Path) -> list[Path]:
+    """Everything in ``folder`` that was made from a model file of this name."""
+    stem = glob.escape(Path(model_path).stem)
+    return sorted(p for pattern in DERIVED_PATTERNS for p in Path(folder).glob(stem + pattern))
+
+
 def remove_stale(model_path: Path, keep: Path) -> None:
-    """Older conversions of the same stem (other bytes, older format) are never served,
-    and failure notes of other bytes (a file seen half-copied) no longer apply."""
-    stem = Path(model_path).stem
-    for stale in [*keep.parent.glob(f"{stem}.*.onnx"), *keep.parent.glob(f"{stem}.*.failed")]:
+    """Once a conversion is made, what was derived before is never served: older
+    conversions (other bytes, older format), their fp16 and INT8 graphs and precision
+    measurements, and failure notes of other bytes (a file seen half-copied)."""
+    for stale in derived_files(model_path, keep.parent):
         if stale != keep:
             stale.unlink(missing_ok=True)
 

@@ -12,7 +12,6 @@ reported and the model is served by Keras.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .cards import ModelCard, check_output_width
-from .conversion import ConversionRefused, file_sha256, folder_lock
+from .conversion import ConversionRefused, derived_files, file_sha256, folder_lock
 from .ood import profile_path
 from .recognise import from_layers, from_name, layer_names
 from .registry import ARCHITECTURES, MODALITIES, default_card, discover, model_relpath
@@ -185,11 +184,10 @@ def place(plan: Plan, model_dir: Path) -> Path:
 
 
 def conversions(model_path: Path, cache_dir: str | None) -> list[Path]:
-    """``<stem>.*.onnx`` and ``<stem>.*.failed`` beside the model and in the cache."""
+    """What was made from the model (conversions, notes, INT8 graphs, measurements),
+    beside it and in the cache."""
     folders = {Path(model_path).parent} | ({Path(cache_dir)} if cache_dir else set())
-    stem = glob.escape(Path(model_path).stem)
-    return sorted(p for folder in folders for pattern in (".*.onnx", ".*.failed")
-                  for p in folder.glob(stem + pattern))
+    return sorted(p for folder in folders for p in derived_files(model_path, folder))
 
 
 def convert_for_serving(service, modality: str, arch: str, echo=print) -> str:
@@ -257,7 +255,8 @@ def install_models(service, source: str, download_dir: str | Path,
         with contextlib.suppress(OSError):
             download_dir.rmdir()  # only when empty: a .part to resume stays
     for plan, target in zip(plans, placed):
-        echo(f"{target.name}: {convert_for_serving(service, plan.modality, plan.architecture, echo)}")
+        served = convert_for_serving(service, plan.modality, plan.architecture, echo)
+        echo(f"{target.name}: {served}")
     return placed
 
 

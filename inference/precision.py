@@ -1,5 +1,6 @@
-"""Half precision (``INFERENCE_PRECISION=fp16``): a converted ONNX graph, served only
-when it answers like the fp32 one.
+"""Reduced precision: ``fp16`` (an ONNX graph for GPUs), ``bf16`` and ``int8`` (OpenVINO
+on the CPU), each served only when it answers like fp32, and ``auto`` (the fastest
+runner whose answers agree, measured on this CPU by ``inference.candidates``).
 
 Why: on a GPU with tensor cores, fp16 convolutions have a higher peak rate than fp32,
 and the weights take half the memory. On an x86 CPU, ONNX Runtime casts back to fp32
@@ -20,18 +21,22 @@ model on fp32, with a warning: fp16 is a speed-up, never a reason to fail a requ
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .candidates import REFERENCE, chosen_candidate, labels, read_choice
 from .conversion import check_inputs, staged
+from .openvino_runner import OpenVinoBackend, int8_path_for
 from .preprocess import model_input
 from .runners import OnnxBackend, short_error
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")
 DEFAULT_TOLERANCE = 0.01  # largest accepted |fp16 - fp32| on any output probability
+PRECISION_TOLERANCE = 0.02  # the same for bf16, int8 and auto (and no label may flip)
 FEATURE_TOLERANCE = 0.01  # on the feature map, relative to its peak
 PROBE_IMAGES = 4
 PROBE_SEED = 16
@@ -45,13 +50,13 @@ def normalize_precision(value) -> str:
     return key
 
 
-def normalize_tolerance(value) -> float:
+def normalize_tolerance(value, name: str = "FP16_TOLERANCE") -> float:
     try:
         tolerance = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"FP16_TOLERANCE must be a number, not {value!r}") from None
+        raise ValueError(f"{name} must be a number, not {value!r}") from None
     if not 0.0 <= tolerance <= 1.0:  # also refuses NaN
-        raise ValueError(f"FP16_TOLERANCE must be between 0 and 1, not {value!r}")
+        raise ValueError(f"{name} must be between 0 and 1, not {value!r}")
     return tolerance
 
 
@@ -124,3 +129,88 @@ def serve_fp16(runner: OnnxBackend, entry, tolerance: float, threads: int = 0,
     candidate.precision, candidate.fp16_max_difference = "fp16", diff
     log.info("%s serving fp16 (probabilities within %.2e of fp32)", name, diff)
     return candidate
+
+
+def serve_openvino(runner: OnnxBackend, entry, precision: str, tolerance: float,
+                   threads: int = 0):
+    """OpenVINO in ``precision`` (bf16, or int8 from ``flask models quantize``) when its
+    answers to the probe batch are within ``tolerance`` of ``runner`` (fp32) with no
+    label flipped, else ``runner``, with the reason in the log."""
+    name = entry.path.name
+    path = int8_path_for(runner.path) if precision == "int8" else runner.path
+    try:
+        if not path.is_file():
+            raise FileNotFoundError(f"no INT8 graph: run flask models quantize {entry.modality} "
+                                    f"{entry.architecture} --data DIR")
+        candidate = OpenVinoBackend(path, precision, threads)
+        batch = probe_batch(entry.card)
+        diff, _ = differences(runner, candidate, batch)
+        flips = int(sum(labels(candidate.run(batch)[0], entry.card)
+                        != labels(runner.run(batch)[0], entry.card)))
+    except Exception as exc:  # noqa: BLE001 - any failure: serve fp32
+        log.warning("%s: OpenVINO %s cannot serve (%s): serving fp32", name, precision,
+                    short_error(exc))
+        return runner
+    if not (diff <= tolerance and flips == 0):
+        log.warning("%s: OpenVINO %s differs from fp32 by up to %.2e with %d label(s) "
+                    "flipped (PRECISION_TOLERANCE %.2e): serving fp32", name, precision,
+                    diff, flips, tolerance)
+        return runner
+    candidate.max_difference = diff
+    log.info("%s serving OpenVINO %s (probabilities within %.2e of fp32)", name, precision,
+             diff)
+    return candidate
+
+
+def serve_measured(runner: OnnxBackend, entry, tolerance: float, threads: int = 0):
+    """What this CPU's measurement chose for the conversion (``auto``); ``runner``
+    (ONNX Runtime fp32) until it has been measured, marked ``choice_pending``."""
+    record = read_choice(runner.path, tolerance, threads)
+    if record is None:
+        runner.choice_pending = True
+        return runner
+    chosen = chosen_candidate(runner.path, record)
+    served = runner
+    if chosen is not None and chosen.name != REFERENCE:
+        try:
+            served = chosen.open(threads)
+        except Exception as exc:  # noqa: BLE001 - serve the reference instead
+            log.warning("%s: %s cannot open (%s): serving ONNX Runtime fp32",
+                        entry.path.name, chosen.name, short_error(exc))
+    served.choice = record
+    return served
+
+
+@dataclass(frozen=True)
+class PrecisionPolicy:
+    """``INFERENCE_PRECISION`` and its tolerances: which runner serves a conversion."""
+
+    precision: str = "fp32"
+    fp16_tolerance: float = DEFAULT_TOLERANCE
+    tolerance: float = PRECISION_TOLERANCE
+    threads: int = 0
+    device: str = "cpu"
+
+    def serve(self, runner: OnnxBackend, entry):
+        """``runner`` (ONNX Runtime fp32), or what replaces it under this policy. GPU
+        workers keep ONNX Runtime (CUDA); OpenVINO precisions are for the CPU."""
+        if self.precision == "fp16":
+            return serve_fp16(runner, entry, self.fp16_tolerance, self.threads, self.device)
+        if self.device != "cpu" or self.precision == "fp32":
+            return runner
+        if self.precision == "auto":
+            return serve_measured(runner, entry, self.tolerance, self.threads)
+        return serve_openvino(runner, entry, self.precision, self.tolerance, self.threads)
+
+
+def precision_details(runner) -> dict:
+    """What ``/api/v1/models`` says of a runner's precision and how it was chosen."""
+    data = {"precision": getattr(runner, "precision", "fp32")}
+    for key in ("fp16_max_difference", "max_difference"):
+        if getattr(runner, key, None) is not None:
+            data[key] = getattr(runner, key)
+    if getattr(runner, "choice", None):
+        data["precision_choice"] = {k: v for k, v in runner.choice.items() if k != "inputs"}
+    elif getattr(runner, "choice_pending", False):
+        data["precision_choice"] = "measuring"
+    return data

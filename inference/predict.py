@@ -11,7 +11,7 @@ import numpy as np
 from . import ood
 from .anatomy import anatomy_warning
 from .cache import LoadedModel, ModelCache
-from .cards import ModelCard, check_output_width
+from .cards import ModelCard, covid_probability
 from .errors import ModelUnavailable
 from .explain import ExplainError, explain_with_map
 from .image import DecodedImage
@@ -84,20 +84,6 @@ class Prediction:
         if self.ensemble is not None:
             data["ensemble"] = asdict(self.ensemble)
         return data
-
-
-def covid_probability(output: np.ndarray, card: ModelCard) -> float:
-    """Read one model output row: softmax over the card's classes, or a single sigmoid
-    unit, which is P(classes[1]) as Keras trains it. ValueError when the row does not
-    fit the card."""
-    values = np.asarray(output, dtype=np.float64).ravel()
-    problem = check_output_width(card, values.size)
-    if problem:
-        raise ValueError(problem)
-    if values.size == 1:
-        p_second = float(np.clip(values[0], 0.0, 1.0))
-        return p_second if card.covid_index == 1 else 1.0 - p_second
-    return float(np.clip(values[card.covid_index], 0.0, 1.0))
 
 
 def verdict(probability: float, threshold: float) -> tuple[str, float]:

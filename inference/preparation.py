@@ -1,13 +1,15 @@
 """Models made ready to serve as soon as they are seen, never while a request waits.
 
 A ``Preparer`` thread in each serving process looks at the model folder at start and
-then every few seconds. A model without a checked ONNX conversion is converted in a
-child process (``python -m inference.preparation``) at the lowest CPU priority, so
-requests keep the cores, and under a lock on the model folder, so only one conversion
-runs at a time across all workers. The child dies with its parent (a stopped server
-leaves no converter behind, and the server itself never runs tf2onnx, so a stop during
-a conversion exits cleanly). A conversion that fails leaves a ``.failed`` note beside
-the model with the reason, so it is not tried again for the same bytes.
+then every few seconds. A model without a checked ONNX conversion (or, with
+``INFERENCE_PRECISION=auto``, without this CPU's measurement of its precisions) is
+converted and measured in a child process (``python -m inference.preparation``) at
+the lowest CPU priority, so requests keep the cores, and under a lock on the model
+folder, so only one conversion runs at a time across all workers. The child dies with
+its parent (a stopped server leaves no converter behind, and the server itself never
+runs tf2onnx, so a stop during a conversion exits cleanly). A conversion (or
+measurement) that fails leaves a ``.failed`` note beside the model with the reason,
+so it is not tried again for the same bytes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 from pathlib import Path
 
 from . import conversion
+from .candidates import measure, read_choice
+from .precision import PrecisionPolicy
 from .preprocess import model_input
 from .registry import ModelEntry, discover
 from .runners import KerasGraphBackend, conversion_supported, load_keras_model
@@ -85,8 +89,12 @@ class Preparer:
     """Watches ``model_dir`` and converts what is not converted, one at a time."""
 
     def __init__(self, model_dir: str, cache_dir: str | None = None, threads: int = 0,
-                 poll_seconds: float = POLL_SECONDS):
+                 poll_seconds: float = POLL_SECONDS, precision: PrecisionPolicy | None = None):
         self.model_dir = Path(model_dir)
+        policy = precision or PrecisionPolicy()
+        # The tolerance to measure precisions with (auto on the CPU), else None.
+        self.measure_tolerance = (policy.tolerance if policy.precision == "auto"
+                                  and policy.device == "cpu" else None)
         self.cache_dir = cache_dir
         self.threads = threads
         self.poll_seconds = poll_seconds
@@ -121,15 +129,21 @@ class Preparer:
     def status(self, entry: ModelEntry) -> str:
         """``ready``, ``converting``, ``waiting`` or ``failed: reason``."""
         digest = conversion.file_sha256(entry.path)
-        if conversion.find_verified_onnx(entry.path, digest, self.cache_dir):
+        converted = conversion.find_verified_onnx(entry.path, digest, self.cache_dir)
+        if converted and self.measured(converted):
             return "ready"
         note = failure_note(entry.path, digest, self.cache_dir)
         if note.is_file():
             return "failed: " + note.read_text(encoding="utf-8", errors="replace")[:300]
         if self.converting == str(entry.path) or _held_by_live_process(
                 converting_note(entry.path, digest, self.cache_dir)):
-            return "converting"
+            return "measuring" if converted else "converting"
         return "waiting"
+
+    def measured(self, converted: Path) -> bool:
+        """Whether nothing is left to measure for this conversion on this CPU."""
+        return (self.measure_tolerance is None
+                or read_choice(converted, self.measure_tolerance, self.threads) is not None)
 
     def pending(self) -> list[ModelEntry]:
         """Installed models with a valid card and no conversion or failure note yet."""
@@ -183,6 +197,8 @@ class Preparer:
                    "--parent", str(os.getpid())]
         if self.cache_dir:
             command += ["--cache-dir", str(self.cache_dir)]
+        if self.measure_tolerance is not None:
+            command += ["--measure", str(self.measure_tolerance)]
         log.info("preparing %s for serving (ONNX conversion, low priority)", entry.path.name)
         self._child = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.PIPE, env=_child_env())
@@ -239,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--parent", type=int, default=None,
                         help="the starting process: stop at once if it is gone")
+    parser.add_argument("--measure", type=float, default=None, metavar="TOLERANCE",
+                        help="then measure this CPU's precisions (INFERENCE_PRECISION=auto)")
     args = parser.parse_args(argv)
     _become_background_child(args.parent)
     entry = next((e for e in discover(args.model_dir)
@@ -247,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         print("the model file or its card is missing or invalid", file=sys.stderr)
         return 2
     try:
-        convert_entry(entry, args.cache_dir, args.threads)
+        path, _, _ = convert_entry(entry, args.cache_dir, args.threads)
+        if args.measure is not None:
+            measure(path, entry.card, args.measure, args.threads)
     except conversion.ConversionRefused as exc:
         print(str(exc), file=sys.stderr)
         return 3

@@ -160,6 +160,8 @@ class OnnxBackend:
     name = "onnx"
     precision = "fp32"  # "fp16" once inference.precision found its graph fit to serve
     fp16_max_difference: float | None = None  # measured there, when fp16 was tried
+    choice: dict | None = None  # this CPU's precision measurement (auto), once made
+    choice_pending = False  # auto, and this CPU has not measured the conversion yet
 
     def __init__(self, path: Path, threads: int = 0, device: str = "cpu"):
         import onnxruntime as ort

@@ -89,3 +89,27 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+# The vector instructions that decide which precisions run fast (bf16, INT8/VNNI, AMX).
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
+                "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_signature(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """``<CPU model>|<its vector flags>``: two machines that answer alike here run a
+    model at the same relative speeds, so a measurement made on one holds on the other."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = " ".join(value.split())
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        import platform
+
+        model = platform.processor() or platform.machine() or model
+    return f"{model}|{','.join(f for f in VECTOR_FLAGS if f in flags) or 'baseline'}"

@@ -12,7 +12,8 @@ from .cache import LoadedModel, ModelCache
 from .conversion import folder_lock
 from .image import DecodedImage
 from .ood import profile_path
-from .precision import DEFAULT_TOLERANCE
+from .precision import (DEFAULT_TOLERANCE, PRECISION_TOLERANCE, PrecisionPolicy,
+                        normalize_precision)
 from .predict import Prediction, predict
 from .preparation import Preparer, convert_entry
 from .preprocess import decode_image
@@ -33,16 +34,20 @@ class InferenceService:
                  max_pixels: int = 50_000_000, backend: str = "auto",
                  onnx_cache_dir: str | None = None, jit_compile: bool = False,
                  concurrency: int = 1, device: str = "cpu", precision: str = "fp32",
-                 fp16_tolerance: float = DEFAULT_TOLERANCE):
+                 fp16_tolerance: float = DEFAULT_TOLERANCE,
+                 precision_tolerance: float = PRECISION_TOLERANCE):
         self.model_dir = model_dir
         self.max_pixels = max_pixels
         self.threads = threads
         self.onnx_cache_dir = onnx_cache_dir or None
+        self.policy = PrecisionPolicy(normalize_precision(precision), fp16_tolerance,
+                                      precision_tolerance, threads, device)
         self.cache = ModelCache(max_loaded=max_loaded, threads=threads, backend=backend,
                                 onnx_cache_dir=onnx_cache_dir, jit_compile=jit_compile,
                                 concurrency=concurrency, device=device,
-                                precision=precision, fp16_tolerance=fp16_tolerance)
-        self.preparer = Preparer(model_dir, self.onnx_cache_dir, threads)
+                                precision=self.policy)
+        self.preparer = Preparer(model_dir, self.onnx_cache_dir, threads,
+                                 precision=self.policy)
 
     def start_preparation(self) -> None:
         """Convert models for ONNX Runtime in the background, as soon as they appear."""

@@ -185,8 +185,9 @@ def test_the_setting_comes_from_the_environment(tmp_path, monkeypatch, instance_
     del config["INFERENCE_PRECISION"], config["FP16_TOLERANCE"]
     monkeypatch.setenv("FLASK_INFERENCE_PRECISION", "fp16")
     monkeypatch.setenv("FLASK_FP16_TOLERANCE", "0.02")
-    cache = create_app(config).extensions["inference"].cache
-    assert (cache.precision, cache.fp16_tolerance) == ("fp16", 0.02)
-    monkeypatch.setenv("FLASK_INFERENCE_PRECISION", "int8")
-    with pytest.raises(ValueError, match="INFERENCE_PRECISION must be one of fp32, fp16"):
+    policy = create_app(config).extensions["inference"].cache.precision
+    assert (policy.precision, policy.fp16_tolerance) == ("fp16", 0.02)
+    monkeypatch.setenv("FLASK_INFERENCE_PRECISION", "int4")
+    with pytest.raises(ValueError, match="INFERENCE_PRECISION must be one of fp32, fp16, "
+                                         "bf16, int8, auto"):
         create_app(config)

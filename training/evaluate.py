@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.runners import load_keras_model
-from inference.predict import covid_probability
+from inference.cards import covid_probability
 from inference.registry import ARCHITECTURES, MODALITY_ALIASES
 from inference.cards import ModelCard
 
