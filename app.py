@@ -49,6 +49,7 @@ from web.auth_pages import bp as auth_bp
 from web.cli import models_cli
 from web.errors import register as register_error_pages
 from web.health import bp as health_bp
+from web.inference_protocol import bp as inference_protocol_bp
 from web.migrate import init_schema
 from web.pacs_api import bp as pacs_api_bp
 from web.pacs_pages import bp as pacs_pages_bp
@@ -167,7 +168,8 @@ def inference_service(settings: InferenceSettings) -> InferenceService:
         threads=settings.threads, max_pixels=settings.max_pixels, backend=settings.backend,
         onnx_cache_dir=settings.onnx_cache_dir, jit_compile=settings.jit_compile,
         concurrency=settings.concurrency, device=settings.device,
-        precision=settings.precision, fp16_tolerance=settings.fp16_tolerance)
+        precision=settings.precision, fp16_tolerance=settings.fp16_tolerance,
+        precision_tolerance=settings.precision_tolerance)
 
 
 def register_services(app: Flask, settings: Settings) -> None:
@@ -211,6 +213,7 @@ def register_blueprints(app: Flask) -> None:
     for blueprint in (auth_bp, audit_bp, pages_bp, study_pages_bp, contact_bp, api_bp,
                       studies_api_bp, pacs_api_bp, pacs_pages_bp, apidocs_bp, health_bp):
         app.register_blueprint(blueprint)
+    app.register_blueprint(inference_protocol_bp)
     for blueprint in (api_bp, studies_api_bp, pacs_api_bp, health_bp):
         csrf.exempt(blueprint)
 

@@ -18,6 +18,8 @@ POLICY: dict[str, str] = {
     "static": PUBLIC,
     "health.healthz": PUBLIC,
     "health.readyz": PUBLIC,
+    "inference_protocol.live": PUBLIC,
+    "inference_protocol.ready": PUBLIC,
     "auth.login": PUBLIC,
     "auth.login_submit": PUBLIC,
     "auth.login_oidc": PUBLIC,
@@ -33,6 +35,9 @@ POLICY: dict[str, str] = {
     "api.openapi": OPEN,
     "api.list_models": OPEN,
     "api.predict": OPEN,
+    "inference_protocol.model_metadata": OPEN,
+    "inference_protocol.model_ready": OPEN,
+    "inference_protocol.infer": OPEN,
     "studies_api.submit": OPEN,
     "studies_api.status": OPEN,  # and the study's own rule: its owner, or readers for PACS
     "studies_api.results_csv": OPEN,
@@ -50,6 +55,8 @@ POLICY: dict[str, str] = {
     "pacs_api.studies": READER,
     "pacs_pages.analyse": ANALYST,
     "pacs_api.analyse": ANALYST,
+    "studies_api.retry_write_back": ANALYST,  # and the study's own rule (404 otherwise)
+    "study_pages.retry_write_back": ANALYST,
     "audit_pages.audit_list": ADMIN,
     "audit_pages.audit_csv": ADMIN,
 }

@@ -28,3 +28,7 @@ class UnusableImage(ServiceError):
 
 class ModelUnavailable(ServiceError):
     """The chosen model is not installed or cannot load."""
+
+
+class ModelNotFound(InvalidRequest):
+    """No installed model goes by that name (the inference protocol answers 404)."""
