@@ -169,7 +169,7 @@ def training_arguments(data: Path, output: Path, seed: int = 42) -> list[str]:
             "--head-epochs", "2", "--batch-size", "16", "--learning-rate", "3e-3",
             "--fine-tune-learning-rate", "3e-3", "--fine-tune", "all", "--patience", "8",
             "--val-fraction", "0.3", "--test-fraction", "0.1", "--seed", str(seed),
-            "--deterministic", "--output", str(output), "--verbose", "0"]
+            "--deterministic", "--output", str(output), "--verbose", "0", "--no-quantize"]
 
 
 def served_distances(model_path: Path, images: list[bytes]) -> np.ndarray:

@@ -50,7 +50,8 @@ def _train_tiny(data: Path, output: Path, *options: str) -> None:
     train_in_fresh_process(
         ["train", "--data", str(data), "--modality", "ct", "--arch", "vgg16",
          "--weights", "none", "--input-size", "32", "--batch-size", "16",
-         "--deterministic", "--output", str(output), "--verbose", "0", *options])
+         "--deterministic", "--output", str(output), "--verbose", "0", "--no-quantize",
+         *options])
 
 
 def test_deterministic_training_gives_the_same_weights_twice(tmp_path):
@@ -147,7 +148,7 @@ def vgg_run(tmp_path_factory):
                  "--weights", "none", "--input-size", "48", "--preprocessing", "imagenet",
                  "--epochs", "2", "--head-epochs", "1", "--batch-size", "16",
                  "--threshold", "0.37", "--cache", str(root / "cache"),
-                 "--output", str(root / "models"), "--verbose", "0"])
+                 "--output", str(root / "models"), "--verbose", "0", "--no-quantize"])
     assert code == 0
     model_path = root / "models" / "vgg16" / "VGG16_CT_model.h5"
     return root, data, model_path, json.loads(model_path.with_suffix(".json").read_text())

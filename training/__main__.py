@@ -110,6 +110,9 @@ def _add_train_outputs(train) -> None:
                        help="also write the test-set report and plots here")
     train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
                        help="Keras progress output")
+    train.add_argument("--no-quantize", dest="quantize", action="store_false",
+                       help="skip the INT8 graph (NNCF, calibrated and judged on the "
+                            "validation split; written beside the model when it agrees)")
 
 
 def _add_evaluate(commands, data, archs: list[str]) -> None:

@@ -27,6 +27,7 @@ from .metrics import choose_threshold, compute_metrics
 from .models import BaseBuilder, build_model, freeze_base, trainable_layer_count, unfreeze_top
 from .pipeline import augmentation, describe_augmentation, make_dataset
 from .profile import write_training_profile
+from .quantize import quantize_trained
 
 
 def class_weights(labels) -> dict[int, float]:
@@ -130,11 +131,19 @@ def run_training(args, base_builder: BaseBuilder | None = None) -> dict:
     model_path = Path(args.output) / model_relpath(arch, modality)
     card_json = card.to_json()
     save_atomically(model, card_json, model_path)
-    write_training_profile(model, card, split, model_path, args.batch_size)
+    _write_companions(args, model, card, split, model_path)
     _print_outcome(card, threshold_rule, test_true, test_metrics, model_path)
     if args.report:
         _write_test_report(args, model_path, card_json, test_true, test_probability, history)
     return card_json
+
+
+def _write_companions(args, model, card: ModelCard, split, model_path: Path) -> None:
+    """What serving uses beside the model: the out-of-distribution profile, and the
+    INT8 graph calibrated on the validation split (unless ``--no-quantize``)."""
+    write_training_profile(model, card, split, model_path, args.batch_size)
+    if getattr(args, "quantize", True):
+        quantize_trained(model_path, split.validation)
 
 
 def _load_split(args, class_map: dict):
