@@ -10,9 +10,9 @@ worker) and a real ``flask worker`` process share a SQLite queue
 architecture, is the only process that runs studies.
 
 Per architecture: a single model's footprint (a fresh process that loads the model
-through ``InferenceService`` and answers one slice), then, interleaved, a bare ONNX
-Runtime session on the same .onnx file (random preprocessed batches of 8, the
-worker's session options and threads) before and after every study. Each study is a
+through ``InferenceService`` and answers one slice), then, interleaved, a bare session
+of the runner ``INFERENCE_PRECISION=auto`` chose on this CPU at preparation (random
+preprocessed batches of 8, the worker's threads) before and after every study. Each study is a
 .zip of 512 x 512 DICOM CT slices sent to ``POST /api/v1/studies`` and polled through
 ``GET /api/v1/studies/<id>`` (every 50 ms until the first progress and during the last
 batch, every 0.5 s in between: each GET serialises the whole study on the same
@@ -71,6 +71,8 @@ def ct_entry(folder: str, arch: str):
 
 def prepare_models(folder: Path, arches) -> dict:
     """Each full-size CT model saved once and converted (the app's converter)."""
+    from inference.candidates import measure, read_choice
+    from inference.precision import PRECISION_TOLERANCE
     from inference.preparation import convert_entry
     from tests.model_factory import full_size_model, install
 
@@ -80,7 +82,10 @@ def prepare_models(folder: Path, arches) -> dict:
             install(full_size_model(arch), folder, arch, "ct")
         started = time.perf_counter()
         path, report, converted = convert_entry(ct_entry(folder, arch))
+        choice = (read_choice(path, PRECISION_TOLERANCE)
+                  or measure(path, ct_entry(folder, arch).card))  # as preparation does
         info[arch] = {"onnx": path.name, "converted_now": converted,
+                      "served_by": choice["chosen"],
                       "prepare_s": round(time.perf_counter() - started, 1),
                       "check_keras_ms": report.keras_ms, "check_onnx_ms": report.onnx_ms}
     return info
@@ -96,7 +101,7 @@ def footprint(folder: str, arch: str) -> dict:
     from tests.dicom_factory import hu_phantom
 
     start = resident_memory_mb()
-    service = InferenceService(folder)
+    service = InferenceService(folder, precision="auto")
     loaded = service.load(ct_entry(folder, arch))
     service.analyse(ct_slice(hu_phantom(512), 1, "1.2.3", "1.2.3.4"), "ct", arch)
     status = proc_status_mb(os.getpid())
@@ -119,22 +124,20 @@ def in_fresh_process(args, *worker_args: str) -> dict:
 
 
 def bare_session(folder: str, arch: str):
-    """(call, threads): one batch of 8 random preprocessed images through a plain
-    ``InferenceSession`` on the model's .onnx file, with the options and intra-op
-    threads the worker's session gets (same machine, same defaults)."""
-    import onnxruntime as ort
-
+    """(call, threads): one batch of 8 random preprocessed images through a bare
+    session of the runner this CPU's measurement chose (what the worker serves with
+    ``INFERENCE_PRECISION=auto``), with the intra-op threads the worker gets."""
+    from inference.candidates import chosen_candidate, read_choice
     from inference.conversion import file_sha256, find_verified_onnx
-    from inference.runners import OnnxBackend
+    from inference.precision import PRECISION_TOLERANCE
+    from inference.runtime import intra_op_threads
 
     entry = ct_entry(folder, arch)
     path = find_verified_onnx(entry.path, file_sha256(entry.path))
-    options = OnnxBackend(path).session.get_session_options()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    runner = chosen_candidate(path, read_choice(path, PRECISION_TOLERANCE)).open()
     batch = np.random.default_rng(0).random((8, *entry.card.input_size, 3), dtype=np.float32)
-    feed = {session.get_inputs()[0].name: batch}
-    session.run(None, feed)
-    return (lambda: session.run(None, feed)), options.intra_op_num_threads
+    runner.run(batch)
+    return (lambda: runner.run(batch)), intra_op_threads()
 
 
 def bare_rate(call, batches: int) -> dict:
@@ -162,7 +165,8 @@ def run_study(server, archive: bytes, arch: str, total: int, worker: Worker) -> 
                            f"{timeline.error}")
     result = timeline.to_json()
     curve = worker.sampler.between(timeline.posted, timeline.finished)
-    result.update(cpu=cores, cpu_s_per_img=cores["worker_cpu_s"] / total, peak_rss_mb=max((rss for _, rss in curve), default=None),
+    result.update(cpu=cores, cpu_s_per_img=cores["worker_cpu_s"] / total,
+                  peak_rss_mb=max((rss for _, rss in curve), default=None),
                   hwm_mb=worker.memory()["VmHWM"],
                   rss_curve=[(round(t - timeline.posted, 2), round(rss, 1))
                              for t, rss in curve])
