@@ -1,12 +1,14 @@
 """Sign-in with the site's identity provider (OpenID Connect, authorization code with
-PKCE, through Authlib), and its access tokens checked as bearer JWTs against its
-published keys (signature, issuer, audience, expiry)."""
+PKCE, through Authlib), sign-out there too (RP-initiated logout), and its access tokens
+checked as bearer JWTs against its published keys (signature, issuer, audience,
+expiry)."""
 
 from __future__ import annotations
 
 import logging
 
 import requests
+from authlib.common.urls import add_params_to_uri
 from authlib.integrations.base_client.errors import OAuthError
 from joserfc import jwt
 from joserfc.errors import InvalidKeyIdError, JoseError
@@ -51,8 +53,9 @@ def start_sign_in(redirect_uri: str):
         raise ProviderUnavailable(NOT_ANSWERING) from exc
 
 
-def finish_sign_in(settings: OidcSettings) -> User:
-    """The account the provider vouched for on its callback; SignInFailed otherwise."""
+def finish_sign_in(settings: OidcSettings) -> tuple[User, str | None]:
+    """The account the provider vouched for on its callback, and the ID token it sent
+    (kept to sign out there later); SignInFailed otherwise."""
     client = provider()
     try:
         token = client.authorize_access_token()
@@ -67,7 +70,27 @@ def finish_sign_in(settings: OidcSettings) -> User:
     user = provider_account(claims, settings)
     if user is None:
         raise SignInFailed(NO_ROLE)
-    return user
+    return user, token.get("id_token")
+
+
+def end_session_url(id_token: str | None, back_to: str, settings: OidcSettings) -> str | None:
+    """Where to send the browser to end its session at the provider too (OpenID Connect
+    RP-Initiated Logout 1.0): with the sign-in's ID token as the hint (when one was
+    kept) and this client's id, coming back to ``back_to`` (an absolute URL the client
+    registered as a post-logout redirect URI); None when the provider names no
+    ``end_session_endpoint`` in its discovery document or cannot be asked."""
+    try:
+        endpoint = provider().load_server_metadata().get("end_session_endpoint")
+    except UNREACHABLE as exc:
+        log.warning("identity provider metadata unavailable at sign-out (%s): signed out "
+                    "here only", type(exc).__name__)
+        return None
+    if not endpoint:
+        return None
+    params = {"client_id": settings.client_id, "post_logout_redirect_uri": back_to}
+    if id_token:
+        params["id_token_hint"] = id_token
+    return add_params_to_uri(endpoint, params)
 
 
 def provider_account(claims: dict, settings: OidcSettings) -> User | None:

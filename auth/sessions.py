@@ -2,9 +2,11 @@
 
 A session holds the account id, a fresh random id (so signing in always makes a new
 cookie: nothing set before sign-in carries over), when it began and when it was last
-used. It ends when idle for ``SESSION_IDLE_MINUTES``, after ``SESSION_MAX_HOURS`` in
-all, when the account is disabled, or when the account signs out (which ends every
-session of that account, so a copied cookie dies with it).
+used, and for a provider's sign-in its ID token (the hint that ends the provider's
+session at sign-out; it names the account, never a patient). It ends when idle for
+``SESSION_IDLE_MINUTES``, after ``SESSION_MAX_HOURS`` in all, when the account is
+disabled, or when the account signs out (which ends every session of that account, so
+a copied cookie dies with it).
 """
 
 from __future__ import annotations
@@ -22,23 +24,34 @@ from .models import User
 from .settings import AuthSettings
 
 TOUCH_EVERY_S = 30  # the last-seen time is rewritten at most this often
+ID_TOKEN = "id_token"
+# A browser drops a cookie over 4 KB, which would end the session at once: a longer ID
+# token is not kept, and sign-out at the provider then names only the client.
+MAX_ID_TOKEN_CHARS = 2048
 
 
-def start(user: User, via: str) -> None:
+def start(user: User, via: str, id_token: str | None = None) -> None:
     session.clear()
     now = time.time()
     session.update(uid=user.id, sid=secrets.token_urlsafe(16), via=via, login_at=now,
                    seen_at=now)
+    if id_token and len(id_token) <= MAX_ID_TOKEN_CHARS:
+        session[ID_TOKEN] = id_token
     session.permanent = True
 
 
-def end() -> None:
-    """Sign out: this cookie, and every session the account opened until now."""
+def end() -> tuple[str | None, str | None]:
+    """Sign out: this cookie, and every session the account opened until now. How the
+    session signed in (None: it was not signed in) and its ID token, if one was kept
+    (to end the provider's session too)."""
+    signed_in = isinstance(session.get("uid"), int)
+    via, id_token = (session.get("via"), session.get(ID_TOKEN)) if signed_in else (None, None)
     user = db.session.get(User, session.get("uid")) if session.get("uid") else None
     if user is not None:
         user.signed_out_at = time.time()
         db.session.commit()
     session.clear()
+    return via, id_token
 
 
 def current(settings: AuthSettings) -> Identity:

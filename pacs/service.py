@@ -1,16 +1,25 @@
-"""What the web edge and the command line call for the PACS: browse, and analyse a
-study where it lives (a study job whose images a worker fetches)."""
+"""What the web edge and the command line call for the PACS: browse, analyse a study
+where it lives (a study job whose images a worker fetches), and retry a write-back
+that failed."""
 
 from __future__ import annotations
+
+from sqlalchemy.exc import IntegrityError
 
 from audit import actions, trail
 from audit.trail import Actor
 from extensions import db
+from inference.errors import ServiceError
 from inference.registry import normalize_architecture, normalize_modality
+from settings import PacsConfig, StudySettings
+from studies.access import StudyAccess
 from studies.errors import StudyNotFound
+from studies.models import DONE, FAILED, Study
+from studies.report import write_back_view
 from studies.service import check_models
-from studies.store import running_analysis
+from studies.store import get_study, running_analysis
 
+from . import writeback
 from .client import PacsClient
 from .fetch import pacs_study, wanted
 from .report_sr import SOFTWARE_NAME
@@ -50,7 +59,63 @@ def analyse(client: PacsClient, inference, study_uid: str, modality: str | None,
         kinds = sorted({i.get("modality") or "?" for i in instances})
         raise StudyNotFound(f"This PACS study holds no image of the chosen modality "
                             f"(it holds {', '.join(kinds)}).")
-    study = pacs_study(study_uid, modality_key, architecture, explain, actor=actor)
+    return save_unless_running(pacs_study(study_uid, modality_key, architecture, explain,
+                                          actor=actor))
+
+
+def save_unless_running(study) -> tuple[str, bool]:
+    """Save the new analysis, (its id, True), unless another caller's analysis of the
+    same PACS study got in first: then (that one's id, False). The database decides
+    (a unique index on running analyses' study UID), so callers racing past the check
+    in ``analyse`` still start one analysis between them."""
+    study_id, study_uid = study.id, study.pacs_study_uid
     db.session.add(study)
-    db.session.commit()
-    return study.id, True
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()  # drops the study and its audit event together
+        running = running_analysis(study_uid)
+        if running is None:  # not the index: a real fault
+            raise
+        return running.id, False
+    return study_id, True
+
+
+class NothingToRetry(ServiceError):
+    """A write-back retry asked of a study with no failed write-back to retry."""
+
+    code = "nothing_to_retry"
+
+
+def retry_refusal(study: Study, config: PacsConfig) -> str | None:
+    """Why this study has no failed write-back to retry now; None when it has one."""
+    if study.source != "pacs":
+        return "This study's images did not come from the PACS: there is nothing to write back."
+    if study.status != DONE:
+        return ("The analysis failed: there is no answer to write back." if study.status ==
+                FAILED else "The analysis is still running: its write-back comes after it.")
+    if study.written:
+        return "The answer is already written into the PACS study."
+    if not config.writes_back:
+        return "Write-back into the PACS is switched off on this site (PACS_WRITE_BACK)."
+    if not study.write_attempts:
+        return ("The write-back is still under way: there is no failure to retry."
+                if study.write_after is not None else
+                "Write-back was off when this study finished: nothing failed. An operator "
+                "can write it with 'flask pacs write-back'.")
+    return None
+
+
+def retry_write_back(study_id: str, access: StudyAccess, config: PacsConfig,
+                     study_config: StudySettings) -> dict:
+    """Take a failed write-back for one more try (a new round of automatic tries) and
+    return its write-back status; the caller queues the write. StudyNotFound for a study
+    ``access`` may not open, NothingToRetry when there is no failed write to retry."""
+    study = get_study(study_id, study_config.retention_hours, access)
+    refusal = retry_refusal(study, config)
+    if refusal is not None:
+        raise NothingToRetry(refusal)
+    if not writeback.restart(study.id, config.write_lease_s):
+        raise NothingToRetry("The write-back is already being retried.")
+    db.session.refresh(study)
+    return write_back_view(study, config.write_max_attempts)

@@ -1,6 +1,7 @@
 """The PACS side of the queue: which studies fetch from the PACS (the studies' hooks),
 the write-back job (reserved in the database first, see ``writeback``), its sweep, and
-the auto-analysis poll. ``create_app`` registers them."""
+the auto-analysis poll. ``create_app`` registers them; the web edge finds ``PacsTasks``
+in ``app.extensions["pacs_tasks"]`` to queue a person's retry."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from audit.trail import SYSTEM, Actor
 from settings import settings_of
 from studies import store
 
@@ -23,6 +25,12 @@ class PacsTasks:
     hooks: "PacsHooks"  # handed to the study job
     poll: Callable[[Callable[[str], object]], int]  # runs now: studies started, each run
     sweep: Callable[[], int]  # runs now: write-backs due again, queued
+    queue_write: Callable[..., object]  # (study_id, actor=SYSTEM): who asked, for the trail
+
+
+def actor_args(actor: Actor) -> list:
+    """An actor as a job's JSON arguments carry it (``Actor(*args)`` again)."""
+    return [actor.user_id, actor.name, actor.role, actor.method, actor.client]
 
 
 class PacsHooks:
@@ -55,18 +63,20 @@ class PacsHooks:
 
 def register_pacs_tasks(queue, app) -> PacsTasks:
     @queue.task("pacs_write_back")
-    def write_job(study_id: str) -> None:
+    def write_job(study_id: str, requested_by: list | None = None) -> None:
         with app.app_context():
             settings = settings_of(app)
             if not settings.pacs.writes_back:  # off since queued: the row waits
                 return
-            ok, outcome = writeback.attempt(app.extensions["inference"], settings.pacs,
-                                            settings.studies, study_id)
+            ok, outcome = writeback.attempt(
+                app.extensions["inference"], settings.pacs, settings.studies, study_id,
+                actor=Actor(*requested_by) if requested_by else SYSTEM)
         if ok:
             log.info("study %s...: %s", study_id[:6], outcome)
 
-    def queue_write(study_id: str) -> None:
-        queue.enqueue(f"the write-back of study {study_id[:6]}...", write_job, study_id)
+    def queue_write(study_id: str, actor: Actor = SYSTEM) -> None:
+        args = (study_id,) if actor == SYSTEM else (study_id, actor_args(actor))
+        queue.enqueue(f"the write-back of study {study_id[:6]}...", write_job, *args)
 
     def sweep() -> int:
         config = settings_of(app).pacs
@@ -91,4 +101,7 @@ def register_pacs_tasks(queue, app) -> PacsTasks:
             run_study(study_id)
         return len(started)
 
-    return PacsTasks(hooks=PacsHooks(app, queue_write), poll=poll, sweep=sweep)
+    tasks = PacsTasks(hooks=PacsHooks(app, queue_write), poll=poll, sweep=sweep,
+                      queue_write=queue_write)
+    app.extensions["pacs_tasks"] = tasks
+    return tasks

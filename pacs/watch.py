@@ -77,7 +77,11 @@ def start(arrival: PacsArrival, rule: ModelChoice, explain: bool) -> str | None:
         return None
     db.session.add(pacs_study(arrival.study_uid, rule.modality, rule.model, explain,
                               study_id=study_id))
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError:  # an analyst's analysis of this study is running: not twice
+        db.session.rollback()
+        return None
     return study_id
 
 

@@ -23,6 +23,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 
 from audit import actions, trail
+from audit.trail import Actor
 from auth.models import User
 from extensions import db
 from inference.conversion import file_sha256
@@ -98,14 +99,25 @@ def reserve_due(config: PacsConfig, limit: int = 100, sources=PACS) -> list[str]
             if take(study_id, config, sources)]
 
 
-def record_failure(study_id: str, message: str, config: PacsConfig) -> tuple[int, float]:
+def restart(study_id: str, lease_s: float, sources=PACS) -> bool:
+    """A person's retry of a write that failed: a new round of automatic tries, held
+    for the job about to be queued (a second retry meanwhile finds nothing to take).
+    False when there is no failed write to retry; the failures stay in the trail."""
+    return won(update(Study).where(Study.id == study_id, *wanted(sources),
+                                   Study.write_attempts > 0)
+               .values(write_attempts=0, write_error=None,
+                       write_after=utcnow_naive() + timedelta(seconds=lease_s)))
+
+
+def record_failure(study_id: str, message: str, config: PacsConfig,
+                   actor: Actor = trail.SYSTEM) -> tuple[int, float]:
     """One more failed try, its message and the next try's time; (tries, delay)."""
     db.session.rollback()  # whatever the failure left open
     attempts = db.session.scalar(select(Study.write_attempts).where(Study.id == study_id))
     if attempts is None:
         return 0, 0.0  # the study was deleted or purged meanwhile
     delay = doubling_delay(config.write_retry_s, attempts + 1, config.write_retry_max_s)
-    trail.record(actions.WRITE_BACK_FAILED, trail.SYSTEM, trail.FAILURE, study_id=study_id,
+    trail.record(actions.WRITE_BACK_FAILED, actor, trail.FAILURE, study_id=study_id,
                  attempt=attempts + 1)
     db.session.execute(
         update(Study).where(Study.id == study_id)
@@ -117,19 +129,20 @@ def record_failure(study_id: str, message: str, config: PacsConfig) -> tuple[int
 
 
 def attempt(inference, config: PacsConfig, study_config: StudySettings,
-            study_id: str, client=None) -> tuple[bool, str]:
+            study_id: str, client=None, actor: Actor = trail.SYSTEM) -> tuple[bool, str]:
     """Write the study back now, in the caller, and record the outcome: (ok, what
-    happened). ``client``: where to (the PACS by default). Run inside an app context."""
+    happened). ``client``: where to (the PACS by default); ``actor``: who asked for
+    this try, as the trail records it. Run inside an app context."""
     try:
         outcome = deliver(client or config.client(), inference, study_config, study_id,
-                          config.heatmap_format)
+                          config.heatmap_format, actor)
     except ServiceError as exc:  # PACS errors name only scheme://host:port
         message = exc.message
     except Exception as exc:  # noqa: BLE001 - its text could quote a response: type only
         message = f"The write-back failed ({type(exc).__name__})."
     else:
         return True, outcome
-    attempts, delay = record_failure(study_id, message, config)
+    attempts, delay = record_failure(study_id, message, config, actor)
     if attempts >= config.write_max_attempts:
         log.warning("study %s...: write-back failed %d times, no more automatic tries "
                     "(flask pacs write-back): %s", study_id[:6], attempts, message)
@@ -140,13 +153,13 @@ def attempt(inference, config: PacsConfig, study_config: StudySettings,
 
 
 def deliver(client: PacsClient, inference, study_config: StudySettings, study_id: str,
-            heatmap_format: str = DEFAULT_HEATMAP_FORMAT) -> str:
+            heatmap_format: str = DEFAULT_HEATMAP_FORMAT, actor: Actor = trail.SYSTEM) -> str:
     """Write a finished PACS study's answer back, once; what happened, for the log."""
     result = studies.result(study_config, study_id)
     if result.status != "done" or result.written:
         return "nothing to write"
     written = write_back(client, inference, result, heatmap_format)
-    set_written(study_id, written)
+    set_written(study_id, written, actor)
     return f"wrote {len(written)} instances"
 
 
@@ -242,9 +255,9 @@ def describe(dataset) -> dict:
             "sop_class_uid": str(dataset.SOPClassUID)}
 
 
-def set_written(study_id: str, written: list[dict]) -> None:
+def set_written(study_id: str, written: list[dict], actor: Actor = trail.SYSTEM) -> None:
     """Written back: no further try is wanted, and the last failure is history."""
-    trail.record(actions.WRITE_BACK_DONE, trail.SYSTEM, study_id=study_id,
+    trail.record(actions.WRITE_BACK_DONE, actor, study_id=study_id,
                  instances=len(written))
     db.session.execute(update(Study).where(Study.id == study_id)
                        .values(written=written, write_after=None, write_error=None))

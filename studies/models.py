@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary,
-                        String, Text)
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer,
+                        LargeBinary, String, Text, text)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from extensions import db
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 PENDING = "pending"  # an image not yet analysed
+# At most one analysis of a PACS study queued or running at a time: a unique partial
+# index (SQLite and PostgreSQL), so that callers racing to start one cannot both insert.
+ONE_RUNNING_PER_PACS_STUDY = "ix_studies_one_running_per_pacs_study"
+RUNNING_PACS_ANALYSIS = "source = 'pacs' AND status IN ('queued', 'running')"
 
 
 def utcnow_naive() -> datetime:
@@ -26,6 +30,9 @@ def utcnow_naive() -> datetime:
 
 class Study(db.Model):
     __tablename__ = "studies"
+    __table_args__ = (Index(ONE_RUNNING_PER_PACS_STUDY, "pacs_study_uid", unique=True,
+                            sqlite_where=text(RUNNING_PACS_ANALYSIS),
+                            postgresql_where=text(RUNNING_PACS_ANALYSIS)),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)

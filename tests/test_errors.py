@@ -20,7 +20,7 @@ def domain_error_classes() -> list[type]:
 
 def test_domain_errors_say_nothing_about_http():
     classes = domain_error_classes()
-    assert len(classes) == 5
+    assert len(classes) == 6  # ModelNotFound: the inference protocol's 404
     for cls in classes:
         error = cls("message")
         assert not hasattr(error, "status") and not hasattr(error, "code"), cls.__name__

@@ -160,3 +160,18 @@ def test_a_study_that_failed_for_want_of_the_pacs_is_tried_again_later(
         db.session.commit()
     assert tasks.pacs_poll() == 1
     assert len(studies_for(app, study_uid)) == 2  # a new attempt, the failed one kept
+
+
+def test_a_study_an_analyst_already_started_is_skipped_and_the_round_goes_on(
+        tmp_path, tiny_model_dir, orthanc, instance_path):
+    taken = upload_study(orthanc, ct_series(2, prefix="A"), "Started by hand")
+    other = upload_study(orthanc, ct_series(2, prefix="B"), "Left to the poller")
+    app = auto_app(tmp_path, tiny_model_dir, orthanc)
+    client = app.test_client()
+    signed_in(app, client, role="analyst")
+    response = client.post(f"/api/v1/pacs/studies/{taken}/analyses",
+                           data={"modality": "ct", "model": "vgg16"})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert app.extensions["tasks"].pacs_poll() == 1  # the other one; no IntegrityError
+    assert [s.id for s in studies_for(app, taken)] == [response.get_json()["id"]]
+    assert len(studies_for(app, other)) == 1

@@ -1,12 +1,13 @@
 """Sign-in and sign-out pages: the local account form, the identity provider's
-sign-in (OpenID Connect), and sign-out."""
+sign-in (OpenID Connect), and sign-out (at the provider too, for its sign-ins)."""
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from urllib.parse import urlsplit
 
-from flask import Blueprint, redirect, render_template, request, session, url_for
+from flask import (Blueprint, redirect, render_template, render_template_string, request,
+                   session, url_for)
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
@@ -24,6 +25,14 @@ from .services import settings
 bp = Blueprint("auth", __name__)
 
 NEXT_KEY = "login_next"
+# After signing out here, on to the provider's end-session page: a page that goes there
+# by itself, not a redirect, since the pages' CSP (form-action 'self') stops a form
+# post from being redirected to another site.
+TO_PROVIDER = """{% extends "base.html" %}{% block title %}Signed out{% endblock %}
+{% block head %}<meta http-equiv="refresh" content="0;url={{ url }}">{% endblock %}
+{% block content %}<section class="card"><h1>Signed out</h1>
+<p>You are signed out of this site. Now signing you out at your identity provider:
+<a id="sign-out-provider" href="{{ url }}">continue</a>.</p></section>{% endblock %}"""
 
 
 class LoginForm(FlaskForm):
@@ -46,11 +55,11 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def signed_in(user, via: str):
+def signed_in(user, via: str, id_token: str | None = None):
     """Start the session once its sign-in is recorded."""
     trail.record_now(actions.LOGIN, Actor(user.id, user.name, user.role, via,
                                           request.remote_addr))
-    sessions.start(user, via)
+    sessions.start(user, via, id_token)
 
 
 def sign_in_failed(form: LoginForm, via: str, error: SignInFailed):
@@ -109,19 +118,24 @@ def oidc_callback():
         return render_login(LoginForm(), "This site has no identity provider set up.", 404)
     target = safe_next(session.get(NEXT_KEY))
     try:
-        user = oidc.finish_sign_in(settings().auth.oidc)
+        user, id_token = oidc.finish_sign_in(settings().auth.oidc)
     except SignInFailed as exc:
         return sign_in_failed(LoginForm(), OIDC, exc)
-    signed_in(user, OIDC)
+    signed_in(user, OIDC, id_token)
     return redirect(target, 303)
 
 
 @bp.post("/logout")
 def logout():
     form = LogoutForm()
+    auth = settings().auth
+    via, id_token = None, None
     if form.validate_on_submit():
         signed_in_now = current_identity().signed_in
         with trail.audited(actions.LOGOUT, actor()) if signed_in_now else nullcontext():
-            sessions.end()
-    return redirect(url_for("auth.login") if settings().auth.methods
-                    else url_for("pages.index"), 303)
+            via, id_token = sessions.end()
+    at_provider = oidc.end_session_url(id_token, url_for("auth.login", _external=True),
+                                       auth.oidc) if via == OIDC and auth.oidc else None
+    if at_provider:
+        return render_template_string(TO_PROVIDER, url=at_provider)
+    return redirect(url_for("auth.login") if auth.methods else url_for("pages.index"), 303)

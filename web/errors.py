@@ -18,6 +18,7 @@ from extensions import db
 from inference.errors import (InvalidRequest, ModelUnavailable, ServiceError, UnsupportedImage,
                               UnusableImage)
 from pacs.client import PacsError, PacsNotConfigured, PacsTimeout
+from pacs.service import NothingToRetry
 from studies.errors import StudyNotFound, StudyTooLarge, UnsafeArchive
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ DOMAIN_ERRORS: dict[type[ServiceError], tuple[int, str]] = {
     PacsError: (502, "pacs_unavailable"),
     PacsTimeout: (504, "pacs_timeout"),
     PacsNotConfigured: (503, "pacs_not_configured"),
+    NothingToRetry: (409, "nothing_to_retry"),
     NotSignedIn: (401, "unauthenticated"),
     SignInFailed: (401, "unauthenticated"),
     Forbidden: (403, "forbidden"),
@@ -65,7 +67,7 @@ def status_and_code(exc: ServiceError) -> tuple[int, str]:
 
 
 def wants_json() -> bool:
-    return request.path.startswith("/api/")
+    return request.path.startswith(("/api/", "/v2/"))
 
 
 def error_response(status: int, code: str, message: str):

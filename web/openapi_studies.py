@@ -70,7 +70,25 @@ def study_paths() -> dict:
             "summary": "One row per image and model",
             "responses": {"200": {"description": "CSV", "content": {"text/csv": {}}},
                           "404": _error("Unknown, expired or deleted id")}}},
+        one + "/write-back": _retry_write_back_path(),
     }
+
+
+def _retry_write_back_path() -> dict:
+    return {"parameters": [ID_PARAMETER], "post": {
+        "summary": "Retry a failed PACS write-back now (analyst or admin)",
+        "responses": {
+            "202": {"description": "Queued again: the study's write-back status",
+                    "headers": {"Location": {"schema": {"type": "string"}}},
+                    "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {
+                            "id": {"type": "string"}, "url": {"type": "string"},
+                            "write_back": _write_back_schema()}}}}},
+            "401": _error("No bearer token (a session cookie does not count)"),
+            "403": _error("Not an analyst or admin"),
+            "404": _error("Unknown, expired or deleted id, or not one you may open"),
+            "409": _error("Nothing to retry: not a PACS study, still running or "
+                          "writing, already written, or write-back off")}}}
 
 
 def _image_schema() -> dict:

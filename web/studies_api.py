@@ -1,11 +1,13 @@
-"""JSON API for studies: submit (202), progress and results, CSV, delete."""
+"""JSON API for studies: submit (202), progress and results, CSV, delete, and an
+analyst's retry of a PACS write-back that failed (202)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from extensions import limiter
 from inference.errors import InvalidRequest
+from pacs import service as pacs
 from settings import StudySettings
 from studies import service as studies
 
@@ -79,3 +81,22 @@ def delete(study_id: str):
     studies.delete(study_config(), study_id, study_access())
     return "", 204
 
+
+
+def retry_write_back_from_request(study_id: str) -> dict:
+    """Shared by the API and the study page: take the failed write-back for another try
+    and queue it, the caller named as who asked; its write-back status."""
+    config = settings()
+    write_back = pacs.retry_write_back(study_id, study_access(), config.pacs, config.studies)
+    current_app.extensions["pacs_tasks"].queue_write(study_id, actor())
+    return write_back
+
+
+@bp.post("/<study_id>/write-back")
+def retry_write_back(study_id: str):
+    write_back = retry_write_back_from_request(study_id)
+    url = url_for("studies_api.status", study_id=study_id)
+    response = jsonify({"id": study_id, "url": url, "write_back": write_back})
+    response.status_code = 202
+    response.headers["Location"] = url
+    return response

@@ -8,11 +8,15 @@ from __future__ import annotations
 import base64
 
 from flask import Blueprint, Response, flash, redirect, render_template, url_for
+from flask_wtf import FlaskForm
+
+from auth.roles import ANALYST
 
 from extensions import limiter
 from inference.errors import ServiceError
 from inference.predict import COVID, NON_COVID
 from inference.registry import MODALITIES
+from pacs.service import NothingToRetry
 from studies import service as studies
 from studies.errors import StudyNotFound
 from studies.plot import probability_plot_png
@@ -20,12 +24,18 @@ from studies.plot import probability_plot_png
 from .access import current_identity, study_access
 from .errors import status_and_code
 from .pages import model_slots
-from .studies_api import study_config, study_rate_limit, submit_from_request
+from .studies_api import (retry_write_back_from_request, study_config, study_rate_limit,
+                          submit_from_request)
 from .study_forms import ARCHIVE_ACCEPT, IMAGE_ACCEPT, DeleteForm, StudyForm
 
 bp = Blueprint("study_pages", __name__, url_prefix="/studies")
 
 RUNNING_STATES = ("queued", "running")
+FAILED_WRITES = ("retrying", "failed")  # a write-back an analyst may try again
+
+
+class RetryForm(FlaskForm):
+    """No fields: its CSRF token proves the retry came from the study page."""
 
 
 @bp.app_template_filter("image_label")
@@ -99,8 +109,11 @@ def submit():
 @bp.get("/<study_id>")
 def study(study_id: str):
     view = studies.view(study_config(), study_id, study_access())
+    retry = current_identity().has(ANALYST) and \
+        view.get("write_back", {}).get("status") in FAILED_WRITES
     return render_template("study.html", study=view, running=view["status"] in RUNNING_STATES,
                            series=series_numbers(view["images"]), delete_form=DeleteForm(),
+                           retry_form=RetryForm() if retry else None,
                            shared=shared_warnings(view["images"]))
 
 
@@ -149,3 +162,14 @@ def delete(study_id: str):
     studies.delete(study_config(), study_id, study_access())
     flash("Study deleted: its images and results are gone.", "success")
     return redirect(url_for(".new_study"), code=303)
+
+
+@bp.post("/<study_id>/write-back")
+def retry_write_back(study_id: str):
+    try:
+        retry_write_back_from_request(study_id)
+    except NothingToRetry as exc:
+        flash(exc.message, "warning")
+    else:
+        flash("The write-back into the PACS is queued again.", "success")
+    return redirect(url_for(".study", study_id=study_id), code=303)
