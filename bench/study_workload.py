@@ -105,7 +105,7 @@ def submit(url: str, archive: bytes, arch: str, total: int) -> Timeline:
 
 def poll_interval(timeline: Timeline, done: int, fast: float, slow: float) -> float:
     """Fast until the first progress and during the last batch, slow in between: each
-    GET serialises the whole study in the server, on the worker's cores."""
+    GET, even a progress-only one, runs in the server on the worker's cores."""
     if timeline.first_progress is None or done >= timeline.total - BATCH:
         return fast
     return slow
@@ -117,7 +117,8 @@ def follow(url: str, timeline: Timeline, fast: float = 0.05, slow: float = 0.5,
     session = requests.Session()
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        body = session.get(f"{url}/api/v1/studies/{timeline.study_id}", timeout=60).json()
+        body = session.get(f"{url}/api/v1/studies/{timeline.study_id}?images=0",
+                           timeout=60).json()  # progress only, as the study page polls
         now, done = time.monotonic(), body["progress"]["done"]
         timeline.polls += 1
         timeline.status = body["status"]

@@ -130,8 +130,9 @@ def _time_in_turn(runners: dict, image: np.ndarray, rounds: int) -> dict[str, li
     return times
 
 
-def _judge(name: str, got: np.ndarray, want: np.ndarray, card: ModelCard,
-           tolerance: float) -> dict:
+def agreement(name: str, got: np.ndarray, want: np.ndarray, card: ModelCard,
+              tolerance: float) -> dict:
+    """A candidate's answers against fp32's: largest difference, flips, accepted."""
     difference = float(np.max(np.abs(np.asarray(got, np.float64) - want)))
     flips = int(np.sum(labels(got, card) != labels(want, card)))
     row = {"name": name, "max_difference": difference, "label_flips": flips,
@@ -168,7 +169,7 @@ def measure(onnx_path: Path, card: ModelCard, tolerance: float = DEFAULT_TOLERAN
         raise RuntimeError("ONNX Runtime cannot run this conversion")
     times = _time_in_turn(runners, probe[:1], rounds)
     for name in runners:
-        row = _judge(name, answers[name], answers[REFERENCE], card, tolerance)
+        row = agreement(name, answers[name], answers[REFERENCE], card, tolerance)
         row["ms"] = round(float(np.median(times[name])), 2)
         row["min_ms"] = round(min(times[name]), 2)
         rows.append(row)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .candidates import REFERENCE, chosen_candidate, labels, read_choice
+from .candidates import REFERENCE, agreement, chosen_candidate, read_choice
 from .conversion import check_inputs, staged
 from .openvino_runner import OpenVinoBackend, int8_path_for
 from .preprocess import model_input
@@ -144,21 +144,19 @@ def serve_openvino(runner: OnnxBackend, entry, precision: str, tolerance: float,
                                     f"{entry.architecture} --data DIR")
         candidate = OpenVinoBackend(path, precision, threads)
         batch = probe_batch(entry.card)
-        diff, _ = differences(runner, candidate, batch)
-        flips = int(sum(labels(candidate.run(batch)[0], entry.card)
-                        != labels(runner.run(batch)[0], entry.card)))
+        row = agreement(f"openvino-{precision}", candidate.run(batch)[0],
+                        runner.run(batch)[0], entry.card, tolerance)
     except Exception as exc:  # noqa: BLE001 - any failure: serve fp32
         log.warning("%s: OpenVINO %s cannot serve (%s): serving fp32", name, precision,
                     short_error(exc))
         return runner
-    if not (diff <= tolerance and flips == 0):
-        log.warning("%s: OpenVINO %s differs from fp32 by up to %.2e with %d label(s) "
-                    "flipped (PRECISION_TOLERANCE %.2e): serving fp32", name, precision,
-                    diff, flips, tolerance)
+    if not row["accepted"]:
+        log.warning("%s: OpenVINO %s refused, %s (PRECISION_TOLERANCE %.2e): serving fp32",
+                    name, precision, row["reason"], tolerance)
         return runner
-    candidate.max_difference = diff
+    candidate.max_difference = row["max_difference"]
     log.info("%s serving OpenVINO %s (probabilities within %.2e of fp32)", name, precision,
-             diff)
+             row["max_difference"])
     return candidate
 
 

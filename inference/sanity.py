@@ -26,10 +26,18 @@ def _sample(pixels: np.ndarray) -> np.ndarray:
     return pixels[::step, ::step]
 
 
+def is_grey(pixels: np.ndarray) -> bool:
+    """Whether every pixel has R = G = B (a DICOM or greyscale file, decoded to RGB)."""
+    return bool(np.array_equal(pixels[..., 0], pixels[..., 1])
+                and np.array_equal(pixels[..., 1], pixels[..., 2]))
+
+
 def coloured_share(pixels: np.ndarray) -> float:
     """Share of visible pixels with strong colour; CT and X-ray images have none."""
     import cv2
 
+    if is_grey(pixels):  # saturation 0 everywhere: no need to convert (a study's CPU)
+        return 0.0
     hsv = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2HSV)
     saturation = hsv[..., 1].astype(np.float32) / 255.0
     visible = hsv[..., 2] > 40  # near-black pixels have meaningless hue and saturation
@@ -38,9 +46,25 @@ def coloured_share(pixels: np.ndarray) -> float:
 
 def contrast(pixels: np.ndarray) -> float:
     """Grey levels between the 1st and 99th percentile of the luminance."""
+    if is_grey(pixels):  # the luminance of R = G = B is that value: count, not sort
+        low, high = uint8_percentiles(pixels[..., 0], (1, 99))
+        return high - low
     gray = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     low, high = np.percentile(gray, [1, 99])
     return float(high - low)
+
+
+def uint8_percentiles(values: np.ndarray, percents) -> list[float]:
+    """``np.percentile`` (linear) of 8-bit values from their histogram: the k-th
+    smallest value is the first level whose running count exceeds k."""
+    running = np.cumsum(np.bincount(values.ravel(), minlength=256))
+    found = []
+    for percent in percents:
+        rank = percent / 100 * (running[-1] - 1)
+        below, above = (int(np.searchsorted(running, k, side="right"))
+                        for k in (np.floor(rank), np.ceil(rank)))
+        found.append(below + (rank - np.floor(rank)) * (above - below))
+    return [float(value) for value in found]
 
 
 def sanity_warnings(decoded: DecodedImage, modality: str,

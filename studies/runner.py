@@ -144,7 +144,8 @@ class StudyRun:
             return Ready(index, error=ServiceError("The image's bytes are gone."))
         try:
             decoded = decode_image(data, max_pixels=self.service.max_pixels)
-            inputs = {m.entry.architecture: model_input(decoded.pixels, m.card) for m in self.models}
+            inputs = {m.entry.architecture: model_input(decoded.pixels, m.card)
+                      for m in self.models}
             warnings = image_warnings(decoded, self.study.modality, self.entries)
         except ServiceError as exc:
             return Ready(index, error=exc)

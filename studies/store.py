@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 
 from audit import actions, trail
 from extensions import db
@@ -52,6 +52,13 @@ class ImageOutcome:
     error_message: str | None = None
     heatmaps: dict[str, bytes] = field(default_factory=dict)  # architecture -> PNG
     cams: dict[str, bytes] = field(default_factory=dict)  # architecture -> the map (.npy)
+
+    def columns(self) -> dict:
+        """Its values in ``study_images``."""
+        return {"status": FAILED if self.error_code else DONE, "results": self.results,
+                "combined": self.combined, "covid_probability": self.covid_probability,
+                "positive": self.positive, "warnings": self.warnings,
+                "error_code": self.error_code, "error_message": self.error_message}
 
 
 def create_study(study_id: str, modality: str, model: str, explain: bool,
@@ -125,28 +132,34 @@ def save_outcomes(study_id: str, token: str, lease_s: float,
     if hold(study_id, token, lease_s).rowcount != 1:
         db.session.rollback()
         return False
-    for outcome in outcomes:
-        written = db.session.execute(
-            update(StudyImage).where(StudyImage.study_id == study_id,
-                                     StudyImage.index == outcome.index,
-                                     StudyImage.status == PENDING)
-            .values(status=FAILED if outcome.error_code else DONE, results=outcome.results,
-                    combined=outcome.combined, covid_probability=outcome.covid_probability,
-                    positive=outcome.positive, warnings=outcome.warnings,
-                    error_code=outcome.error_code, error_message=outcome.error_message))
-        if written.rowcount != 1:
-            continue
-        for architecture, png in outcome.heatmaps.items():
-            db.session.add(StudyHeatmap(study_id=study_id, index=outcome.index,
-                                        architecture=architecture, png=png,
-                                        cam=outcome.cams.get(architecture)))
-        db.session.execute(delete(StudyFile).where(StudyFile.study_id == study_id,
-                                                   StudyFile.index == outcome.index))
+    images = StudyImage.__table__
+    pending = set(db.session.scalars(select(images.c.index).where(images.c.study_id == study_id,
+        images.c.status == PENDING, images.c.index.in_([o.index for o in outcomes]))))
+    fresh = [outcome for outcome in outcomes if outcome.index in pending]
+    if fresh:
+        _write_answers(study_id, fresh)
+    db.session.add_all(StudyHeatmap(study_id=study_id, index=o.index, architecture=arch,
+                                    png=png, cam=o.cams.get(arch))
+                       for o in fresh for arch, png in o.heatmaps.items())
     answered = select(func.count()).select_from(StudyImage).where(
         StudyImage.study_id == study_id, StudyImage.status != PENDING).scalar_subquery()
     db.session.execute(update(Study).where(Study.id == study_id).values(done=answered))
     db.session.commit()
     return True
+
+
+def _write_answers(study_id: str, fresh: list[ImageOutcome]) -> None:
+    """One UPDATE run over all (executemany), one DELETE: per-image statements cost
+    the forward pass ~1 ms of CPU each. ``new_<column>``: SQLAlchemy owns a column's name."""
+    images, files = StudyImage.__table__, StudyFile.__table__
+    db.session.execute(
+        update(images).where(images.c.study_id == study_id, images.c.status == PENDING,
+                             images.c.index == bindparam("at"))
+        .values({name: bindparam(f"new_{name}") for name in fresh[0].columns()}),
+        [{"at": outcome.index, **{f"new_{name}": value for name, value
+                                  in outcome.columns().items()}} for outcome in fresh])
+    db.session.execute(delete(files).where(
+        files.c.study_id == study_id, files.c.index.in_([o.index for o in fresh])))
 
 
 def set_models(study_id: str, token: str, lease_s: float, models: list[dict],

@@ -113,10 +113,10 @@ def test_a_flipped_label_is_refused_however_small_the_difference():
     card = ModelCard("vgg16", "ct", threshold=0.5)
     want = np.array([[0.5005, 0.4995], [0.2, 0.8]])
     got = np.array([[0.4995, 0.5005], [0.2, 0.8]])  # 0.001 apart, first label flipped
-    row = measuring._judge("openvino-bf16", got, want, card, tolerance=0.02)
+    row = measuring.agreement("openvino-bf16", got, want, card, tolerance=0.02)
     assert row["label_flips"] == 1 and not row["accepted"] and "flipped" in row["reason"]
-    assert measuring._judge("x", want, want, card, 0.02)["accepted"]
-    nan = measuring._judge("x", np.full_like(want, np.nan), want, card, 0.02)
+    assert measuring.agreement("x", want, want, card, 0.02)["accepted"]
+    nan = measuring.agreement("x", np.full_like(want, np.nan), want, card, 0.02)
     assert not nan["accepted"]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from inference.dicom import LUNG_WINDOW, window
 from inference.image import DecodedImage, gray_to_rgb
-from inference.sanity import sanity_warnings
+from inference.sanity import coloured_share, contrast, sanity_warnings, uint8_percentiles
 
 from .dicom_factory import hu_phantom
 from .model_factory import png_bytes
@@ -101,3 +101,22 @@ def test_result_page_shows_warnings_above_the_verdict(client):
     assert response.status_code == 200
     assert "alert-warning" in html and "strong colour" in html
     assert html.index("strong colour") < html.index('id="verdict"')
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 101, 65536])
+def test_grey_fast_path_gives_what_the_general_one_gives(size):
+    """Grey images (every DICOM) skip the colour conversion and count levels instead of
+    sorting them: the same figures as the general path, which colour images take."""
+    rng = np.random.default_rng(size)
+    for values in (rng.integers(0, 256, size, dtype=np.uint8),
+                   rng.integers(120, 124, size, dtype=np.uint8)):
+        np.testing.assert_allclose(uint8_percentiles(values, (0, 1, 50, 99, 100)),
+                                   np.percentile(values, [0, 1, 50, 99, 100]))
+    grey = gray_to_rgb(rng.integers(0, 256, (64, 64), dtype=np.uint8))
+    tinted = grey.copy()
+    tinted[0, 0, 0] ^= 1  # one pixel off grey: the general path
+    assert coloured_share(grey) == 0.0
+    assert contrast(grey) == pytest.approx(contrast(tinted), abs=0.05)
+    general = np.percentile(grey.astype(np.float32) @ np.array([0.299, 0.587, 0.114],
+                                                               dtype=np.float32), [1, 99])
+    assert contrast(grey) == pytest.approx(float(general[1] - general[0]), abs=1e-3)
