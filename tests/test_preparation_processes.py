@@ -211,11 +211,22 @@ def test_stopping_the_server_during_a_conversion_exits_cleanly(tmp_path, model_d
                                  data={"modality": "ct", "model": "vgg16"},
                                  files={"image": ("scan.png", scan_like_png(), "image/png")})
         assert response.status_code == 200, response.text
-        rows = requests.get(server.url + "/api/v1/models", timeout=30).json()["models"]
-        [row] = [r for r in rows if (r["modality"], r["architecture"]) == ("ct", "vgg16")]
-        assert row["preparation"] == "ready" and row["backend"] == "onnx"
+        def model_row() -> dict:
+            rows = requests.get(server.url + "/api/v1/models", timeout=30).json()["models"]
+            return next(r for r in rows if (r["modality"], r["architecture"]) == ("ct", "vgg16"))
+
+        # INFERENCE_PRECISION=auto (the default): converted, then measured on this CPU
+        wait_for(lambda: model_row()["preparation"] == "ready", "this CPU's measurement")
+        response = requests.post(server.url + "/api/v1/predict", timeout=60,
+                                 data={"modality": "ct", "model": "vgg16"},
+                                 files={"image": ("scan.png", scan_like_png(), "image/png")})
+        row = model_row()
+        assert response.status_code == 200 and row["backend"] in ("onnx", "openvino")
+        assert row["precision_choice"]["chosen"].startswith(
+            "onnxruntime" if row["backend"] == "onnx" else "openvino")
         [worker] = server.worker_pids()  # prepared and served without TensorFlow
-        assert "tensorflow" not in Path(f"/proc/{worker}/maps").read_text()
+        # (OpenVINO maps its own readers of TensorFlow's formats, under openvino/)
+        assert "site-packages/tensorflow/" not in Path(f"/proc/{worker}/maps").read_text()
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=60) == 0
         assert converter_pids(model_dir) == []
