@@ -16,6 +16,8 @@ from studies.access import StudyAccess
 from .services import settings
 
 HSTS = "max-age=31536000; includeSubDomains"
+# The programs' APIs: bearer tokens only for a state change, never cached.
+API_PREFIXES = ("/api/", "/v2/")
 
 
 def identify_and_check() -> None:
@@ -28,7 +30,7 @@ def identify_and_check() -> None:
     rule = POLICY.get(request.endpoint, OPEN)
     try:
         g.identity = caller(auth, request.headers.get("Authorization"),
-                            request.path.startswith("/api/"), request.method)
+                            request.path.startswith(API_PREFIXES), request.method)
     except NotSignedIn:
         if rule != PUBLIC:
             raise
@@ -57,7 +59,7 @@ def study_access() -> StudyAccess:
 def identity_headers(response):
     """No cache keeps an API answer or a page a signed-in person saw; browsers that came
     over HTTPS are told to keep to it."""
-    if request.path.startswith("/api/v1/") or current_identity().signed_in:
+    if request.path.startswith(API_PREFIXES) or current_identity().signed_in:
         response.headers["Cache-Control"] = "no-store"
     if settings().auth.prefer_https or request.is_secure:
         response.headers.setdefault("Strict-Transport-Security", HSTS)

@@ -4,38 +4,27 @@ the like: ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/<name>``,
 
 Errors answer in the protocol's shape, ``{"error": "message"}``, not the
 ``{"error": {"code", "message"}}`` of ``/api/v1``: protocol clients read that one. The
-door's refusals (401, 403) are the app's, so they keep the app's API shape and its
-``WWW-Authenticate`` header, the same answer as on every other API route.
+door's refusals (401, 403) are the app's own (web/errors.py), with its API shape and
+``WWW-Authenticate`` header, as on every other API route; as there, a session cookie
+never authorises a POST (web/access.py's API_PREFIXES).
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from auth.errors import Forbidden, NotSignedIn
-from auth.identity import ANONYMOUS, SESSION
-from auth.policy import POLICY, check
 from extensions import csrf, limiter
 from inference import protocol
 from inference.errors import InvalidRequest, ModelNotFound, ServiceError
 
-from .access import current_identity
-from .errors import REALM, status_and_code
+from .errors import error_response, not_signed_in, status_and_code
 from .security import PREDICT_LIMIT_SCOPE, predict_limit
-from .services import inference_service, settings
+from .services import inference_service
 
 bp = Blueprint("inference_protocol", __name__, url_prefix="/v2")
 csrf.exempt(bp)  # a JSON API for programs, as /api/v1: no form, no CSRF token
-
-
-@bp.before_request
-def no_session_cookie_posts():
-    """As on /api/v1 (auth/caller.py): a session cookie never authorises a POST here,
-    since this API takes no CSRF token; such a call is anonymous."""
-    if request.method == "POST" and current_identity().method == SESSION:
-        g.identity = ANONYMOUS
-        check(POLICY[request.endpoint], ANONYMOUS, settings().auth.public_access)
 
 
 @bp.get("/health/live")
@@ -91,22 +80,13 @@ def protocol_error(status: int, message: str):
     return response
 
 
-def door_refusal(status: int, code: str, message: str):
-    """401 or 403 as every API route answers it (web/errors.py), with the scheme."""
-    response = jsonify({"error": {"code": code, "message": message}})
-    response.status_code = status
-    if status == 401:
-        bearer = request.headers.get("Authorization")
-        response.headers["WWW-Authenticate"] = (
-            f'{REALM}, error="invalid_token"' if bearer else REALM)
-    return response
-
-
 @bp.errorhandler(ServiceError)
 def service_error(exc: ServiceError):
     status, code = status_and_code(exc)
-    if isinstance(exc, (NotSignedIn, Forbidden)):
-        return door_refusal(status, code, exc.message)
+    if isinstance(exc, NotSignedIn):
+        return not_signed_in(exc)
+    if isinstance(exc, Forbidden):
+        return error_response(status, code, exc.message)
     return protocol_error(404 if isinstance(exc, ModelNotFound) else status, exc.message)
 
 
