@@ -45,15 +45,19 @@ class Ready:
     warnings: list[str] | None = None
 
 
-def decode_ahead(indexes: list[int], read: Callable[[int], bytes | None],
-                 decode: Callable[[int, bytes | None], Ready], ahead: int) -> Iterator[Ready]:
-    """Yield each image decoded, in order; a helper thread works ``ahead`` images on."""
+def decode_ahead(indexes: list[int], read: Callable[[list[int]], list[bytes | None]],
+                 decode: Callable[[int, bytes | None], Ready], ahead: int,
+                 chunk: int) -> Iterator[Ready]:
+    """Yield each image decoded, in order; a helper thread works ``ahead`` images on.
+    Bytes are read ``chunk`` images per query."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="study-decode") as pool:
         window: deque[Future] = deque()
-        for index in indexes:
-            window.append(pool.submit(decode, index, read(index)))
-            if len(window) >= ahead:
-                yield window.popleft().result()
+        for start in range(0, len(indexes), chunk):
+            part = indexes[start:start + chunk]
+            for index, data in zip(part, read(part)):
+                window.append(pool.submit(decode, index, data))
+                if len(window) >= ahead:
+                    yield window.popleft().result()
         while window:
             yield window.popleft().result()
 
@@ -184,8 +188,9 @@ class StudyRun:
                                 warnings):
             return False
         pending = store.pending_indexes(self.study.id)
-        stream = decode_ahead(pending, lambda i: store.file_bytes(self.study.id, i), self.decode,
-                              ahead=2 * self.settings.batch)  # two batches in flight
+        stream = decode_ahead(pending, lambda part: store.file_bytes(self.study.id, part),
+                              self.decode, ahead=2 * self.settings.batch,  # two in flight
+                              chunk=self.settings.batch)
         with BatchWriter(self.save) as writer:
             for batch in batches(stream, self.settings.batch):
                 if not writer.put(self.analyse(batch)):

@@ -116,13 +116,13 @@ def pending_indexes(study_id: str) -> list[int]:
         .order_by(StudyImage.index)))
 
 
-def file_bytes(study_id: str, index: int) -> bytes | None:
-    """One image's bytes, in a transaction of its own: a read left open would keep an old
-    snapshot that a later write from this session could not build on (SQLite's WAL)."""
-    data = db.session.scalar(select(StudyFile.data).where(StudyFile.study_id == study_id,
-                                                          StudyFile.index == index))
+def file_bytes(study_id: str, indexes: list[int]) -> list[bytes | None]:
+    """Those images' bytes (None where gone), in one transaction of its own: an open read
+    keeps an old snapshot that a later write of this session cannot build on (WAL)."""
+    rows = dict(db.session.execute(select(StudyFile.index, StudyFile.data).where(
+        StudyFile.study_id == study_id, StudyFile.index.in_(indexes))).all())
     db.session.commit()
-    return data
+    return [rows.get(index) for index in indexes]
 
 
 def save_outcomes(study_id: str, token: str, lease_s: float,

@@ -61,13 +61,13 @@ def test_a_worker_that_lost_its_lease_can_write_nothing(db_app):
     assert store.save_outcomes(study_id, first, 60, [stale_answer]) is False
     assert store.finish(study_id, first, {"label": "COVID"}) is False
     assert store.images_of(study_id)[0].status == "pending"
-    assert store.file_bytes(study_id, 0) is not None  # the pixels wait for the new holder
+    assert store.file_bytes(study_id, [0]) != [None]  # the pixels wait for the new holder
     fresh = store.ImageOutcome(0, results=[{"architecture": "vgg16"}],
                                covid_probability=0.2, positive=False)
     assert store.save_outcomes(study_id, second, 60, [fresh]) is True
     image = store.images_of(study_id)[0]
     assert (image.status, image.covid_probability) == ("done", 0.2)
-    assert store.file_bytes(study_id, 0) is None
+    assert store.file_bytes(study_id, [0]) == [None]
     # An answer is written once: the same image cannot be answered again.
     assert store.save_outcomes(study_id, second, 60, [stale_answer]) is True
     assert store.images_of(study_id)[0].covid_probability == 0.2
