@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -58,19 +57,10 @@ def build(arch: str, model_dir: Path):
     return entry, onnx_path
 
 
-def interleaved(first, second, batch, rounds: int) -> tuple[float, float]:
-    times = ([], [])
-    for _ in range(rounds):
-        for run, sink in ((first, times[0]), (second, times[1])):
-            started = time.perf_counter()
-            run(batch)
-            sink.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
 def served_against_bare(model_dir: Path, entry, onnx_path, rounds: int) -> dict:
     """The served path (auto) against the chosen runner's bare session, batch 1 and 8."""
     from inference.candidates import chosen_candidate, read_choice
+    from inference.conversion import times_in_turn
     from inference.service import InferenceService
 
     service = InferenceService(str(model_dir), precision="auto")
@@ -82,8 +72,8 @@ def served_against_bare(model_dir: Path, entry, onnx_path, rounds: int) -> dict:
         batch = np.random.default_rng(size).random((size, *entry.card.input_size, 3),
                                                    dtype=np.float32)
         bare.run(batch), loaded.run_batch(batch)  # first-call allocations out
-        served_ms, bare_ms = interleaved(loaded.run_batch, lambda b: bare.run(b), batch,
-                                         rounds)
+        times = times_in_turn({"served": loaded.run_batch, "bare": bare.run}, batch, rounds)
+        served_ms, bare_ms = (statistics.median(times[key]) for key in ("served", "bare"))
         figures[f"batch{size}"] = {"served_ms": round(served_ms, 2),
                                    "bare_ms": round(bare_ms, 2),
                                    "ratio": round(served_ms / bare_ms, 3)}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .cards import ModelCard, covid_probability
-from .conversion import check_inputs, staged
+from .conversion import check_inputs, staged, times_in_turn
 from .openvino_runner import OpenVinoBackend, int8_path_for, supported_precisions
 from .preprocess import model_input
 from .runners import OnnxBackend, short_error
@@ -37,7 +36,7 @@ REFERENCE = "onnxruntime-fp32"
 PROBE_IMAGES = 8
 PROBE_SEED = 22
 TIMING_ROUNDS = 9
-DEFAULT_TOLERANCE = 0.02
+PRECISION_TOLERANCE = 0.02  # largest accepted probability difference (no flip either)
 
 
 @dataclass(frozen=True)
@@ -114,20 +113,15 @@ def _write_choice(onnx_path: Path, key: str, record: dict) -> None:
         tmp.write_text(json.dumps(records, indent=1), encoding="utf-8")
 
 
+def probe_images(card: ModelCard) -> np.ndarray:
+    """The seeded probe set every candidate answers, through the card's preprocessing."""
+    return check_inputs(card.input_size, lambda image: model_input(image, card),
+                        seed=PROBE_SEED, count=PROBE_IMAGES)
+
+
 def labels(outputs: np.ndarray, card: ModelCard) -> np.ndarray:
     """COVID or not per image, at the card's threshold."""
     return np.array([covid_probability(row, card) >= card.threshold for row in outputs])
-
-
-def _time_in_turn(runners: dict, image: np.ndarray, rounds: int) -> dict[str, list]:
-    """Single-image times of every runner, called in turn so all see the same load."""
-    times = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            started = time.perf_counter()
-            runner.run(image)
-            times[name].append((time.perf_counter() - started) * 1000)
-    return times
 
 
 def agreement(name: str, got: np.ndarray, want: np.ndarray, card: ModelCard,
@@ -158,16 +152,15 @@ def _open_all(found: list[Candidate], threads: int, probe: np.ndarray):
     return runners, answers, refused
 
 
-def measure(onnx_path: Path, card: ModelCard, tolerance: float = DEFAULT_TOLERANCE,
+def measure(onnx_path: Path, card: ModelCard, tolerance: float = PRECISION_TOLERANCE,
             threads: int = 0, rounds: int = TIMING_ROUNDS) -> dict:
     """Measure every candidate for this conversion on this CPU, keep the record beside
     it and return it (``chosen``: the fastest accepted one)."""
-    probe = check_inputs(card.input_size, lambda image: model_input(image, card),
-                         seed=PROBE_SEED, count=PROBE_IMAGES)
+    probe = probe_images(card)
     runners, answers, rows = _open_all(candidates(onnx_path), threads, probe)
     if REFERENCE not in answers:
         raise RuntimeError("ONNX Runtime cannot run this conversion")
-    times = _time_in_turn(runners, probe[:1], rounds)
+    times = times_in_turn({name: r.run for name, r in runners.items()}, probe[:1], rounds)
     for name in runners:
         row = agreement(name, answers[name], answers[REFERENCE], card, tolerance)
         row["ms"] = round(float(np.median(times[name])), 2)

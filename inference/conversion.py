@@ -115,6 +115,19 @@ def median_ms(run: Callable, batch: np.ndarray, runs: int = TIMING_RUNS) -> floa
     return sorted(times)[len(times) // 2]
 
 
+def times_in_turn(runs: dict[str, Callable], batch: np.ndarray,
+                  rounds: int = TIMING_RUNS) -> dict[str, list[float]]:
+    """Milliseconds of each run on ``batch``, called in turn ``rounds`` times, so all
+    see the same machine load."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run(batch)
+            times[name].append((time.perf_counter() - started) * 1000)
+    return times
+
+
 def interleaved_best(first: Callable, second: Callable, batch: np.ndarray,
                      runs: int = TIMING_RUNS) -> tuple[float, float]:
     """Fastest times of two runners called in turn, so both see the same machine load.
@@ -123,13 +136,8 @@ def interleaved_best(first: Callable, second: Callable, batch: np.ndarray,
     and thread-pool backends suffer from it unequally, so the minimum is the fairest
     estimate of what each costs on the cores it was given.
     """
-    times: tuple[list, list] = ([], [])
-    for _ in range(runs):
-        for run, sink in ((first, times[0]), (second, times[1])):
-            started = time.perf_counter()
-            run(batch)
-            sink.append((time.perf_counter() - started) * 1000)
-    return min(times[0]), min(times[1])
+    times = times_in_turn({"first": first, "second": second}, batch, runs)
+    return min(times["first"]), min(times["second"])
 
 
 def check_inputs(input_size: tuple[int, int], preprocess: Callable | None,

@@ -46,11 +46,16 @@ def supported_precisions() -> tuple[str, ...]:
     (``()`` without OpenVINO): bf16 needs AVX-512 BF16 or AMX, INT8 VNNI or AVX2."""
     if not openvino_supported():
         return ()
+    return tuple(p for p in PRECISIONS if _CAPABILITY[p] in _cpu_capabilities())
+
+
+@lru_cache(maxsize=1)
+def _cpu_capabilities() -> frozenset:
+    """Asked of the plugin once per process (the CPU does not change under it)."""
     try:
-        capabilities = set(_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        return frozenset(_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except Exception:  # noqa: BLE001 - a plugin that cannot say: fp32 only
-        capabilities = {"FP32"}
-    return tuple(p for p in PRECISIONS if _CAPABILITY[p] in capabilities)
+        return frozenset({"FP32"})
 
 
 def int8_path_for(onnx_path: Path) -> Path:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .candidates import REFERENCE, agreement, chosen_candidate, read_choice
+from .candidates import (PRECISION_TOLERANCE, REFERENCE, agreement, chosen_candidate,
+                         probe_images, read_choice)
 from .conversion import check_inputs, staged
 from .openvino_runner import OpenVinoBackend, int8_path_for
 from .preprocess import model_input
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")
 DEFAULT_TOLERANCE = 0.01  # largest accepted |fp16 - fp32| on any output probability
-PRECISION_TOLERANCE = 0.02  # the same for bf16, int8 and auto (and no label may flip)
 FEATURE_TOLERANCE = 0.01  # on the feature map, relative to its peak
 PROBE_IMAGES = 4
 PROBE_SEED = 16
@@ -143,7 +143,7 @@ def serve_openvino(runner: OnnxBackend, entry, precision: str, tolerance: float,
             raise FileNotFoundError(f"no INT8 graph: run flask models quantize {entry.modality} "
                                     f"{entry.architecture} --data DIR")
         candidate = OpenVinoBackend(path, precision, threads)
-        batch = probe_batch(entry.card)
+        batch = probe_images(entry.card)  # the probe set auto judges candidates by
         row = agreement(f"openvino-{precision}", candidate.run(batch)[0],
                         runner.run(batch)[0], entry.card, tolerance)
     except Exception as exc:  # noqa: BLE001 - any failure: serve fp32

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -64,13 +65,15 @@ def usable_model(entries: list[ModelEntry], name: str) -> ModelEntry:
     return entry
 
 
-def check_model_ready(entry: ModelEntry, loaded: LoadedModel | None) -> None:
-    """Ready means it can serve: a valid card that fits the model when it is loaded
-    (it loads on the first inference, as for ``/api/v1/predict``)."""
-    if entry.card_error:
-        raise ModelUnavailable(f"The model card {entry.card_error} is invalid.")
-    if loaded is not None and loaded.card_error:
-        raise ModelUnavailable(loaded.card_error)
+def ready_model(entries: list[ModelEntry], name: str,
+                loaded: Callable[[ModelEntry], LoadedModel | None]) -> ModelEntry:
+    """Ready means it can serve: a usable model whose card fits it once loaded (it
+    loads on the first inference, as for ``/api/v1/predict``)."""
+    entry = usable_model(entries, name)
+    model = loaded(entry)
+    if model is not None and model.card_error:
+        raise ModelUnavailable(model.card_error)
+    return entry
 
 
 def check_server_ready(entries: list[ModelEntry]) -> None:

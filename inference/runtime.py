@@ -8,6 +8,7 @@ is cheap: TensorFlow is imported by ``import_tensorflow`` only, on first use.
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import logging
 import os
@@ -96,9 +97,11 @@ VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnn
                 "amx_bf16", "amx_int8", "amx_tile")
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_signature(cpuinfo: str = "/proc/cpuinfo") -> str:
     """``<CPU model>|<its vector flags>``: two machines that answer alike here run a
-    model at the same relative speeds, so a measurement made on one holds on the other."""
+    model at the same relative speeds, so a measurement made on one holds on the other.
+    Read once per process: the preparer's poll and ``/api/v1/models`` ask often."""
     model, flags = "unknown CPU", set()
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as handle:

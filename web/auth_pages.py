@@ -6,8 +6,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, redirect, render_template, render_template_string, request,
-                   session, url_for)
+from flask import Blueprint, redirect, render_template, request, session, url_for
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
@@ -25,14 +24,6 @@ from .services import settings
 bp = Blueprint("auth", __name__)
 
 NEXT_KEY = "login_next"
-# After signing out here, on to the provider's end-session page: a page that goes there
-# by itself, not a redirect, since the pages' CSP (form-action 'self') stops a form
-# post from being redirected to another site.
-TO_PROVIDER = """{% extends "base.html" %}{% block title %}Signed out{% endblock %}
-{% block head %}<meta http-equiv="refresh" content="0;url={{ url }}">{% endblock %}
-{% block content %}<section class="card"><h1>Signed out</h1>
-<p>You are signed out of this site. Now signing you out at your identity provider:
-<a id="sign-out-provider" href="{{ url }}">continue</a>.</p></section>{% endblock %}"""
 
 
 class LoginForm(FlaskForm):
@@ -136,6 +127,6 @@ def logout():
             via, id_token = sessions.end()
     at_provider = oidc.end_session_url(id_token, url_for("auth.login", _external=True),
                                        auth.oidc) if via == OIDC and auth.oidc else None
-    if at_provider:
-        return render_template_string(TO_PROVIDER, url=at_provider)
+    if at_provider:  # a page that goes on by itself, not a redirect: see signed_out.html
+        return render_template("signed_out.html", url=at_provider)
     return redirect(url_for("auth.login") if auth.methods else url_for("pages.index"), 303)

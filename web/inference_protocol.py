@@ -48,8 +48,7 @@ def model_metadata(name: str):
 @bp.get("/models/<name>/ready")
 def model_ready(name: str):
     service = inference_service()
-    entry = protocol.find_model(service.entries(), name)
-    protocol.check_model_ready(entry, service.cache.loaded_model(entry))
+    protocol.ready_model(service.entries(), name, service.cache.loaded_model)
     return jsonify({"name": name, "ready": True})
 
 

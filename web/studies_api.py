@@ -82,7 +82,6 @@ def delete(study_id: str):
     return "", 204
 
 
-
 def retry_write_back_from_request(study_id: str) -> dict:
     """Shared by the API and the study page: take the failed write-back for another try
     and queue it, the caller named as who asked; its write-back status."""

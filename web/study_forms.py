@@ -39,5 +39,6 @@ class StudyForm(FlaskForm):
         return True
 
 
-class DeleteForm(FlaskForm):
-    """No fields: its CSRF token is what proves the delete came from the study page."""
+class ButtonForm(FlaskForm):
+    """No fields: its CSRF token is what proves a study page's button (delete, retry the
+    write-back) was pressed on that page."""

@@ -8,10 +8,8 @@ from __future__ import annotations
 import base64
 
 from flask import Blueprint, Response, flash, redirect, render_template, url_for
-from flask_wtf import FlaskForm
 
 from auth.roles import ANALYST
-
 from extensions import limiter
 from inference.errors import ServiceError
 from inference.predict import COVID, NON_COVID
@@ -26,16 +24,12 @@ from .errors import status_and_code
 from .pages import model_slots
 from .studies_api import (retry_write_back_from_request, study_config, study_rate_limit,
                           submit_from_request)
-from .study_forms import ARCHIVE_ACCEPT, IMAGE_ACCEPT, DeleteForm, StudyForm
+from .study_forms import ARCHIVE_ACCEPT, IMAGE_ACCEPT, ButtonForm, StudyForm
 
 bp = Blueprint("study_pages", __name__, url_prefix="/studies")
 
 RUNNING_STATES = ("queued", "running")
 FAILED_WRITES = ("retrying", "failed")  # a write-back an analyst may try again
-
-
-class RetryForm(FlaskForm):
-    """No fields: its CSRF token proves the retry came from the study page."""
 
 
 @bp.app_template_filter("image_label")
@@ -112,8 +106,8 @@ def study(study_id: str):
     retry = current_identity().has(ANALYST) and \
         view.get("write_back", {}).get("status") in FAILED_WRITES
     return render_template("study.html", study=view, running=view["status"] in RUNNING_STATES,
-                           series=series_numbers(view["images"]), delete_form=DeleteForm(),
-                           retry_form=RetryForm() if retry else None,
+                           series=series_numbers(view["images"]), delete_form=ButtonForm(),
+                           retry_form=ButtonForm() if retry else None,
                            shared=shared_warnings(view["images"]))
 
 
